@@ -1,0 +1,349 @@
+//! The engine: one wasmtime `Engine` per shim process and everything needed to run a WASI
+//! command on it. It knows nothing of containerd: callers hand it module bytes, arguments,
+//! environment, stdio files and preopened directories, and get an exit status back.
+
+mod meter;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Linker, Module, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{InputFile, OutputFile};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+pub use meter::Usage;
+
+/// How often the epoch advances. Every running guest yields to the executor at each tick, which
+/// is what lets a kill interrupt a spinning guest and keeps one guest from starving the others.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Exit status of a guest that trapped, the same as the `wasmtime` CLI reports (128 + SIGABRT).
+pub const TRAP_EXIT_STATUS: i32 = 134;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot configure wasmtime: {0}")]
+    Config(String),
+    #[error("not a WebAssembly module or component (no \\0asm header)")]
+    NotWasm,
+    #[error("precompiled wasmtime artifacts are not accepted; ship the .wasm module instead")]
+    Precompiled,
+    #[error("invalid WebAssembly: {0}")]
+    Compile(String),
+    #[error("cannot open preopened directory {path}: {reason}")]
+    Preopen { path: PathBuf, reason: String },
+}
+
+/// A compiled guest: either a core module (WASI preview 1) or a component (WASI preview 2).
+#[derive(Clone)]
+pub enum Program {
+    Module(Module),
+    Component(CommandPre<ComponentState>),
+}
+
+impl Program {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Program::Module(_) => "module",
+            Program::Component(_) => "component",
+        }
+    }
+}
+
+/// A directory the guest can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Everything a guest sees of the world besides its code.
+#[derive(Debug, Default)]
+pub struct GuestContext {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    pub preopens: Vec<Preopen>,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `proc_exit(n)`, `wasi:cli/exit`, or returning from `_start` (0).
+    Code(i32),
+    /// The guest trapped or the host failed it; the message is already on its stderr.
+    Trap(String),
+}
+
+impl Exit {
+    pub fn status(&self) -> i32 {
+        match self {
+            Exit::Code(c) => *c,
+            Exit::Trap(_) => TRAP_EXIT_STATUS,
+        }
+    }
+}
+
+pub struct ModuleState {
+    wasi: WasiP1Ctx,
+    limiter: meter::Limiter,
+}
+
+pub struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: meter::Limiter,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The process-wide engine with its linkers and epoch ticker.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    modules: Linker<ModuleState>,
+    components: wasmtime::component::Linker<ComponentState>,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn new() -> Result<Self, EngineError> {
+        let engine = build_engine()?;
+        let mut modules = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.wasi)
+            .map_err(|e| EngineError::Config(format!("{e:?}")))?;
+        let mut components = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components)
+            .map_err(|e| EngineError::Config(format!("{e:?}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("wasmpod-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| EngineError::Config(format!("cannot start epoch thread: {e}")))?
+        };
+        Ok(Engine {
+            engine,
+            modules,
+            components,
+            ticker_stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    /// Compiles module or component bytes. Precompiled artifacts are refused: the shim only
+    /// runs code it compiled itself.
+    #[tracing::instrument(level = "debug", skip_all, fields(len = bytes.len()))]
+    pub fn compile(&self, bytes: &[u8]) -> Result<Program, EngineError> {
+        if wasmtime::Engine::detect_precompiled(bytes).is_some() {
+            return Err(EngineError::Precompiled);
+        }
+        match wasm_kind(bytes) {
+            Some(WasmKind::Module) => Module::new(&self.engine, bytes)
+                .map(Program::Module)
+                .map_err(|e| EngineError::Compile(format!("{e:#}"))),
+            Some(WasmKind::Component) => {
+                let component = Component::new(&self.engine, bytes)
+                    .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+                let pre = self
+                    .components
+                    .instantiate_pre(&component)
+                    .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+                CommandPre::new(pre)
+                    .map(Program::Component)
+                    .map_err(|e| EngineError::Compile(format!("not a WASI command: {e:#}")))
+            }
+            None => Err(EngineError::NotWasm),
+        }
+    }
+
+    /// Runs a guest to completion. The returned future yields at every epoch tick, so dropping
+    /// it (on kill) stops even a guest that never calls the host.
+    pub async fn run(&self, program: &Program, ctx: GuestContext, usage: Arc<Usage>) -> Exit {
+        let stderr = ctx.stderr.as_ref().and_then(|f| f.try_clone().ok());
+        let builder = match wasi_builder(ctx) {
+            Ok(b) => b,
+            Err(e) => return fail(stderr, e.to_string()),
+        };
+        let result = meter::Metered::new(usage.clone(), self.call(program, builder, usage)).await;
+        match result {
+            Ok(code) => Exit::Code(code),
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => Exit::Code(exit.0),
+                None => fail(stderr, format!("wasm trap: {e:?}")),
+            },
+        }
+    }
+
+    async fn call(
+        &self,
+        program: &Program,
+        mut builder: WasiCtxBuilder,
+        usage: Arc<Usage>,
+    ) -> wasmtime::Result<i32> {
+        match program {
+            Program::Module(module) => {
+                let state = ModuleState {
+                    wasi: builder.build_p1(),
+                    limiter: meter::Limiter::new(usage),
+                };
+                let mut store = self.store(state, |s| &mut s.limiter);
+                let instance = self.modules.instantiate_async(&mut store, module).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await?;
+                Ok(0)
+            }
+            Program::Component(pre) => {
+                let state = ComponentState {
+                    wasi: builder.build(),
+                    table: ResourceTable::new(),
+                    limiter: meter::Limiter::new(usage),
+                };
+                let mut store = self.store(state, |s| &mut s.limiter);
+                let command = pre.instantiate_async(&mut store).await?;
+                match command.wasi_cli_run().call_run(&mut store).await? {
+                    Ok(()) => Ok(0),
+                    Err(()) => Ok(1),
+                }
+            }
+        }
+    }
+
+    fn store<T: Send + 'static>(
+        &self,
+        state: T,
+        limiter: fn(&mut T) -> &mut meter::Limiter,
+    ) -> Store<T> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn build_engine() -> Result<wasmtime::Engine, EngineError> {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // The pooling allocator makes instantiation a matter of microseconds, but it reserves
+    // address space up front; hosts with a tight `ulimit -v` or overcommit policy refuse that,
+    // and then the on-demand allocator is the right fallback.
+    let mut pooling = wasmtime::PoolingAllocationConfig::default();
+    pooling
+        .total_memories(1000)
+        .total_tables(1000)
+        .total_core_instances(1000)
+        .total_component_instances(1000)
+        .total_stacks(1000)
+        .max_memory_size(4 << 30);
+    config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+    match wasmtime::Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+            wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))
+        }
+    }
+}
+
+fn wasi_builder(ctx: GuestContext) -> Result<WasiCtxBuilder, EngineError> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&ctx.args);
+    b.envs(&ctx.env);
+    if let Some(cwd) = &ctx.cwd {
+        b.initial_cwd(cwd);
+    }
+    if let Some(f) = ctx.stdin {
+        b.stdin(InputFile::new(f));
+    }
+    if let Some(f) = ctx.stdout {
+        b.stdout(OutputFile::new(f));
+    }
+    if let Some(f) = ctx.stderr {
+        b.stderr(OutputFile::new(f));
+    }
+    for p in &ctx.preopens {
+        let perms = if p.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&p.host, &p.guest, perms)
+            .map_err(|e| EngineError::Preopen {
+                path: p.host.clone(),
+                reason: format!("{e:#}"),
+            })?;
+    }
+    Ok(b)
+}
+
+/// Writes the reason a guest failed to its stderr, where `kubectl logs` shows it.
+fn fail(stderr: Option<File>, message: String) -> Exit {
+    use std::io::Write;
+    if let Some(mut f) = stderr {
+        let _ = writeln!(f, "{message}");
+    }
+    Exit::Trap(message)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WasmKind {
+    Module,
+    Component,
+}
+
+/// Tells a core module from a component by the binary header (magic, then version and layer).
+pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return None;
+    }
+    match bytes[6..8] {
+        [0, 0] => Some(WasmKind::Module),
+        [1, 0] => Some(WasmKind::Component),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use super::*;
+use std::io::Read;
+
+fn engine() -> Engine {
+    Engine::new().expect("engine")
+}
+
+fn wat(src: &str) -> Vec<u8> {
+    wat::parse_str(src).expect("valid wat")
+}
+
+const EXIT_7: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 7))))"#;
+
+const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hi from wat\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 12))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+const SPIN: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") (loop $l (br $l))))"#;
+
+const TRAP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "_start") unreachable))"#;
+
+fn run(e: &Engine, bytes: &[u8], ctx: GuestContext) -> Exit {
+    let program = e.compile(bytes).expect("compile");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(e.run(&program, ctx, Arc::new(Usage::default())))
+}
+
+#[test]
+fn proc_exit_gives_the_status() {
+    assert_eq!(
+        run(&engine(), &wat(EXIT_7), GuestContext::default()),
+        Exit::Code(7)
+    );
+}
+
+#[test]
+fn stdout_goes_to_the_given_file() {
+    let dir = tempdir();
+    let path = dir.join("out");
+    let file = File::create(&path).unwrap();
+    let ctx = GuestContext {
+        stdout: Some(file),
+        ..Default::default()
+    };
+    assert_eq!(run(&engine(), &wat(HELLO), ctx), Exit::Code(0));
+    let mut s = String::new();
+    File::open(&path).unwrap().read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hi from wat\n");
+}
+
+#[test]
+fn trap_is_nonzero_and_reported_on_stderr() {
+    let dir = tempdir();
+    let path = dir.join("err");
+    let ctx = GuestContext {
+        stderr: Some(File::create(&path).unwrap()),
+        ..Default::default()
+    };
+    let exit = run(&engine(), &wat(TRAP), ctx);
+    assert_eq!(exit.status(), TRAP_EXIT_STATUS);
+    let err = std::fs::read_to_string(&path).unwrap();
+    assert!(err.contains("unreachable"), "{err}");
+}
+
+#[test]
+fn spinning_guest_yields_so_it_can_be_cancelled() {
+    let e = engine();
+    let program = e.compile(&wat(SPIN)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let usage = Arc::new(Usage::default());
+    let started = std::time::Instant::now();
+    let out = rt.block_on(async {
+        tokio::select! {
+            _ = e.run(&program, GuestContext::default(), usage.clone()) => "finished",
+            _ = tokio::time::sleep(Duration::from_millis(200)) => "cancelled",
+        }
+    });
+    assert_eq!(out, "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(usage.cpu_ns() > 50_000_000, "cpu {}", usage.cpu_ns());
+}
+
+#[test]
+fn rejects_what_is_not_wasm() {
+    let e = engine();
+    assert!(matches!(
+        e.compile(b"\x7fELF...."),
+        Err(EngineError::NotWasm)
+    ));
+    let bad = b"\0asm\x01\0\0\0\x01\xff";
+    assert!(matches!(e.compile(bad), Err(EngineError::Compile(_))));
+}
+
+#[test]
+fn rejects_precompiled_artifacts() {
+    let e = engine();
+    let bytes = e.wasmtime().precompile_module(&wat(EXIT_7)).unwrap();
+    assert!(matches!(e.compile(&bytes), Err(EngineError::Precompiled)));
+}
+
+#[test]
+fn tells_modules_from_components() {
+    assert_eq!(wasm_kind(b"\0asm\x01\0\0\0"), Some(WasmKind::Module));
+    assert_eq!(wasm_kind(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
+    assert_eq!(wasm_kind(b"\0asm"), None);
+}
+
+#[test]
+fn read_only_preopen_refuses_writes() {
+    // A guest that opens "f" for writing under the preopen and exits with the errno.
+    const WRITE: &str = r#"(module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "f")
+      (func (export "_start")
+        (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 1)
+          (i32.const 9) (i64.const 0x40) (i64.const 0) (i32.const 0) (i32.const 16)))))"#;
+    let dir = tempdir();
+    let e = engine();
+    let ctx = |ro| GuestContext {
+        preopens: vec![Preopen {
+            host: dir.clone(),
+            guest: "/".into(),
+            read_only: ro,
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        run(&e, &wat(WRITE), ctx(false)),
+        Exit::Code(0),
+        "{}",
+        dir.display()
+    );
+    assert!(dir.join("f").exists());
+    std::fs::remove_file(dir.join("f")).unwrap();
+    assert_ne!(run(&e, &wat(WRITE), ctx(true)), Exit::Code(0));
+    assert!(!dir.join("f").exists());
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "wasmpod-engine-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,82 @@
+//! The pod host: one shim process per pod, every container an async task on one engine.
+//!
+//! containerd starts the binary with `start` for each container; containers of the same pod
+//! (same `io.kubernetes.cri.sandbox-id`) get the address of the process that already serves the
+//! pod, so the pod costs one process no matter how many containers it has.
+
+mod service;
+pub mod spec;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
+
+pub use service::Service;
+
+/// containerd's name for this runtime (`runtime_type`).
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
+
+pub struct PodShim {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for PodShim {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // The pod host forks nothing, so it has no children to reap.
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        PodShim {
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %opts.id))]
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // containerd runs `start` in the container's bundle directory.
+        let grouping = spec::load(Path::new("."))
+            .ok()
+            .and_then(|s| s.annotations().as_ref()?.get(spec::SANDBOX_ID).cloned())
+            .unwrap_or_else(|| opts.id.clone());
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // containerd calls this when the shim is gone; all that can be left is our mount.
+        service::unmount(Path::new("rootfs"));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        Service::new(&self.namespace, publisher, self.exit.clone())
+    }
+}

@@ -1,0 +1,746 @@
+//! The task service of the pod host: every container of one pod lives in this process. The
+//! sandbox (pause) container is only state; each Wasm container is an async task on the shared
+//! engine, run on a guest runtime whose threads sit in the pod's network namespace.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim::api::{
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, WaitRequest,
+    WaitResponse,
+};
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::protos::ttrpc::Result as TtrpcResult;
+use containerd_shim::protos::types::mount::Mount;
+use containerd_shim::protos::types::task::{ProcessInfo, Status};
+use containerd_shim::util::convert_to_any;
+use containerd_shim::Context;
+use tokio::sync::watch;
+
+use super::spec;
+use crate::engine::{Engine, GuestContext, Program, Usage};
+use crate::error::Error;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Signals a Wasm guest cannot act on and that do not end a process by default.
+const IGNORED_SIGNALS: &[u32] = &[
+    libc::SIGCHLD as u32,
+    libc::SIGCONT as u32,
+    libc::SIGURG as u32,
+    libc::SIGWINCH as u32,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Created,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Exited {
+    status: u32,
+    at: SystemTime,
+}
+
+enum Kind {
+    /// The pod's pause container: it holds the pod, runs nothing.
+    Sandbox,
+    /// A Wasm container; the compiled program and its context are taken at start.
+    Wasm(Option<(Program, GuestContext)>),
+}
+
+struct Container {
+    bundle: String,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    /// The rootfs this shim mounted and must unmount on delete.
+    mounted_rootfs: Option<PathBuf>,
+    /// The pod's network namespace, from the spec.
+    netns: Option<PathBuf>,
+    kind: Kind,
+    state: State,
+    exit: watch::Sender<Option<Exited>>,
+    kill: Option<watch::Sender<Option<u32>>>,
+    usage: Arc<Usage>,
+}
+
+impl Container {
+    fn exited(&self) -> Option<Exited> {
+        *self.exit.borrow()
+    }
+}
+
+/// The containerd task service for one pod.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    pid: u32,
+    engine: OnceLock<std::result::Result<Arc<Engine>, String>>,
+    guests: OnceLock<tokio::runtime::Handle>,
+    containers: Mutex<HashMap<String, Container>>,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+}
+
+impl Service {
+    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        Service {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                pid: std::process::id(),
+                engine: OnceLock::new(),
+                guests: OnceLock::new(),
+                containers: Mutex::new(HashMap::new()),
+                publisher,
+                exit,
+            }),
+        }
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>> {
+        self.inner
+            .engine
+            .get_or_init(|| Engine::new().map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Internal)
+    }
+
+    /// The runtime guests run on. Its threads enter the pod's network namespace as they start,
+    /// so sockets a guest opens belong to the pod. Created by the first Wasm container; every
+    /// container of a pod shares the sandbox's namespace.
+    fn guests(&self, netns: Option<&Path>) -> Result<tokio::runtime::Handle> {
+        if let Some(h) = self.inner.guests.get() {
+            return Ok(h.clone());
+        }
+        let ns = match netns {
+            Some(p) => Some(Arc::new(File::open(p).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cannot open network namespace {}: {e}",
+                    p.display()
+                ))
+            })?)),
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("wasmpod-guest")
+            .enable_all()
+            .on_thread_start(move || {
+                if let Some(ns) = &ns {
+                    if let Err(e) =
+                        nix::sched::setns(ns.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    {
+                        tracing::error!("guest thread cannot enter the pod network namespace: {e}");
+                    }
+                }
+            })
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start guest runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        // The guest runtime lives as long as the process; dropping it from inside the ttrpc
+        // runtime at shutdown would panic, so it is deliberately never dropped.
+        std::mem::forget(runtime);
+        Ok(self.inner.guests.get_or_init(|| handle).clone())
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .inner
+            .publisher
+            .publish(Context::default(), topic, &self.inner.namespace, event)
+            .await
+        {
+            tracing::warn!("cannot publish {topic}: {e}");
+        }
+    }
+
+    /// Records a container's end and tells containerd.
+    async fn finish(&self, id: &str, status: u32) {
+        let at = SystemTime::now();
+        {
+            let mut containers = self.containers();
+            let Some(c) = containers.get_mut(id) else {
+                return;
+            };
+            if c.exited().is_some() {
+                return;
+            }
+            c.state = State::Stopped;
+            c.kill = None;
+            c.exit.send_replace(Some(Exited { status, at }));
+        }
+        tracing::info!(id, status, "container exited");
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid: self.inner.pid,
+                exit_status: status,
+                exited_at: MessageField::some(timestamp(at)),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+
+    fn do_create(&self, req: &CreateTaskRequest) -> Result<Container> {
+        if req.terminal {
+            return Err(Error::InvalidArgument(
+                "a terminal (tty: true) is not supported for Wasm containers".into(),
+            ));
+        }
+        let bundle = Path::new(&req.bundle);
+        let spec = spec::load(bundle)?;
+        let (exit, _) = watch::channel(None);
+        let mut container = Container {
+            bundle: req.bundle.clone(),
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            mounted_rootfs: None,
+            netns: spec::netns(&spec),
+            kind: Kind::Sandbox,
+            state: State::Created,
+            exit,
+            kill: None,
+            usage: Arc::new(Usage::default()),
+        };
+        if spec::is_sandbox(&spec) {
+            return Ok(container);
+        }
+
+        let rootfs = spec::rootfs(&spec, bundle);
+        if !req.rootfs.is_empty() {
+            mount_rootfs(&req.rootfs, &rootfs)?;
+            container.mounted_rootfs = Some(rootfs.clone());
+        }
+        // From here on, a failure must not leave the mount behind.
+        let prepared = self.prepare(&req.id, &spec, &rootfs, req);
+        match prepared {
+            Ok(p) => {
+                container.kind = Kind::Wasm(Some(p));
+                Ok(container)
+            }
+            Err(e) => {
+                if let Some(r) = &container.mounted_rootfs {
+                    unmount(r);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &Path,
+        req: &CreateTaskRequest,
+    ) -> Result<(Program, GuestContext)> {
+        let (name, path) = spec::module_path(spec, rootfs)?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "container {id}: cannot read module {name} from the image: {e}"
+            ))
+        })?;
+        if crate::engine::wasm_kind(&bytes).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "container {id}: {name} is not a WebAssembly module ({}); the wasmtime runtime \
+                 class runs only Wasm, use runtimeClassName: wasmtime-isolated for pods with \
+                 native containers",
+                describe(&bytes)
+            )));
+        }
+        let program = self
+            .engine()?
+            .compile(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: module {name}: {e}")))?;
+        tracing::debug!(id, module = %name, kind = program.kind(), "compiled");
+        let ctx = GuestContext {
+            args: spec::args(spec),
+            env: spec::env(spec),
+            cwd: spec::cwd(spec),
+            stdin: open_stdin(&req.stdin)?,
+            stdout: open_output(&req.stdout)?,
+            stderr: open_output(&req.stderr)?,
+            preopens: spec::preopens(spec, rootfs),
+        };
+        Ok((program, ctx))
+    }
+
+    async fn do_start(&self, id: &str) -> Result<u32> {
+        let (prepared, netns, kill_rx, usage) = {
+            let mut containers = self.containers();
+            let c = containers
+                .get_mut(id)
+                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            if c.state != State::Created {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} cannot start: it is {:?}",
+                    c.state
+                )));
+            }
+            c.state = State::Running;
+            let prepared = match &mut c.kind {
+                Kind::Sandbox => None,
+                Kind::Wasm(p) => Some(
+                    p.take()
+                        .ok_or_else(|| Error::Internal(format!("container {id} has no program")))?,
+                ),
+            };
+            let (kill_tx, kill_rx) = watch::channel(None);
+            c.kill = Some(kill_tx);
+            (prepared, c.netns.clone(), kill_rx, c.usage.clone())
+        };
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: id.to_string(),
+                pid: self.inner.pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        let Some((program, ctx)) = prepared else {
+            return Ok(self.inner.pid);
+        };
+
+        let guests = self.guests(netns.as_deref())?;
+        let engine = self.engine()?;
+        let mut kill_rx = kill_rx;
+        let service = self.clone();
+        let id = id.to_string();
+        guests.spawn(async move {
+            // Dropping the guest's future is how a kill stops it: the guest yields at every
+            // epoch tick and every host call, so this happens within one tick.
+            let status = tokio::select! {
+                exit = engine.run(&program, ctx, usage) => exit.status() as u32,
+                Ok(sig) = kill_rx.wait_for(Option::is_some) => 128 + sig.unwrap_or(libc::SIGKILL as u32),
+            };
+            service.finish(&id, status).await;
+        });
+        Ok(self.inner.pid)
+    }
+
+    async fn do_kill(&self, id: &str, signal: u32) -> Result<()> {
+        let terminate = {
+            let containers = self.containers();
+            let c = containers
+                .get(id)
+                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            if c.state == State::Stopped {
+                return Err(Error::NotFound(format!(
+                    "container {id}: process already finished"
+                )));
+            }
+            if signal == 0 || IGNORED_SIGNALS.contains(&signal) {
+                return Ok(());
+            }
+            match (&c.kind, &c.kill) {
+                (Kind::Wasm(_), Some(kill)) => {
+                    kill.send_replace(Some(signal));
+                    false
+                }
+                // A sandbox, or a container that never started, ends right away.
+                _ => true,
+            }
+        };
+        if terminate {
+            self.finish(id, 128 + signal).await;
+        }
+        Ok(())
+    }
+
+    async fn do_delete(&self, id: &str) -> Result<DeleteResponse> {
+        let c = {
+            let mut containers = self.containers();
+            let c = containers
+                .get(id)
+                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            if c.state == State::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is still running; kill it first"
+                )));
+            }
+            containers.remove(id).expect("present")
+        };
+        if let Some(r) = &c.mounted_rootfs {
+            unmount(r);
+        }
+        let exited = c.exited().unwrap_or(Exited {
+            status: 0,
+            at: SystemTime::now(),
+        });
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid: self.inner.pid,
+                exit_status: exited.status,
+                exited_at: MessageField::some(timestamp(exited.at)),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(DeleteResponse {
+            pid: self.inner.pid,
+            exit_status: exited.status,
+            exited_at: MessageField::some(timestamp(exited.at)),
+            ..Default::default()
+        })
+    }
+}
+
+fn no_exec(exec_id: &str) -> Result<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!("exec {exec_id} not found")))
+    }
+}
+
+#[async_trait]
+impl Task for Service {
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        if self.containers().contains_key(&req.id) {
+            return Err(
+                Error::AlreadyExists(format!("container {} already exists", req.id)).into(),
+            );
+        }
+        let container = self
+            .do_create(&req)
+            .inspect_err(|e| tracing::warn!("create failed: {e}"))?;
+        self.containers().insert(req.id.clone(), container);
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: self.inner.pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(CreateTaskResponse {
+            pid: self.inner.pid,
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        no_exec(&req.exec_id)?;
+        let pid = self.do_start(&req.id).await?;
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        no_exec(&req.exec_id)?;
+        let containers = self.containers();
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+        let exited = c.exited();
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.clone(),
+            pid: self.inner.pid,
+            status: match c.state {
+                State::Created => Status::CREATED,
+                State::Running => Status::RUNNING,
+                State::Stopped => Status::STOPPED,
+            }
+            .into(),
+            stdin: c.stdin.clone(),
+            stdout: c.stdout.clone(),
+            stderr: c.stderr.clone(),
+            exit_status: exited.map(|e| e.status).unwrap_or_default(),
+            exited_at: exited
+                .map(|e| MessageField::some(timestamp(e.at)))
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        no_exec(&req.exec_id)?;
+        let mut rx = {
+            let containers = self.containers();
+            let c = containers
+                .get(&req.id)
+                .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+            c.exit.subscribe()
+        };
+        let exited = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::NotFound(format!("container {} was deleted", req.id)))?
+            .expect("waited for Some");
+        Ok(WaitResponse {
+            exit_status: exited.status,
+            exited_at: MessageField::some(timestamp(exited.at)),
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id, signal = req.signal))]
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        no_exec(&req.exec_id)?;
+        self.do_kill(&req.id, req.signal).await?;
+        Ok(Empty::new())
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        Ok(self.do_delete(&req.id).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        if !self.containers().contains_key(&req.id) {
+            return Err(Error::NotFound(format!("container {} not found", req.id)).into());
+        }
+        Ok(PidsResponse {
+            processes: vec![ProcessInfo {
+                pid: self.inner.pid,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        use containerd_shim::protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics,
+        };
+        let usage = {
+            let containers = self.containers();
+            let c = containers
+                .get(&req.id)
+                .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+            c.usage.clone()
+        };
+        let memory = usage.memory_bytes();
+        let metrics = Metrics {
+            cpu: MessageField::some(CPUStat {
+                usage: MessageField::some(CPUUsage {
+                    total: usage.cpu_ns(),
+                    user: usage.cpu_ns(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            memory: MessageField::some(MemoryStat {
+                usage: MessageField::some(MemoryEntry {
+                    usage: memory,
+                    ..Default::default()
+                }),
+                rss: memory,
+                total_rss: memory,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let any = convert_to_any(Box::new(metrics)).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        let _ = req;
+        Ok(ConnectResponse {
+            shim_pid: self.inner.pid,
+            task_pid: self.inner.pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        // The shim serves the whole pod: it goes only when its last container is deleted.
+        if self.containers().is_empty() {
+            self.inner.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+fn mount_rootfs(mounts: &[Mount], target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target)
+        .map_err(|e| Error::Internal(format!("cannot create rootfs {}: {e}", target.display())))?;
+    for m in mounts {
+        containerd_shim::mount::mount_rootfs(
+            Some(m.type_.as_str()).filter(|s| !s.is_empty()),
+            Some(m.source.as_str()).filter(|s| !s.is_empty()),
+            &m.options,
+            target,
+        )
+        .map_err(|e| {
+            Error::Internal(format!("cannot mount rootfs at {}: {e}", target.display()))
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) fn unmount(target: &Path) {
+    if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+            tracing::warn!("cannot unmount {}: {e}", target.display());
+        }
+    }
+}
+
+/// Strips the `file://` scheme containerd uses for log files; other schemes (logging
+/// binaries) need a process to run and are refused.
+fn io_path(uri: &str) -> Result<Option<&str>> {
+    if uri.is_empty() {
+        return Ok(None);
+    }
+    if let Some(p) = uri.strip_prefix("file://") {
+        return Ok(Some(p));
+    }
+    if uri.contains("://") {
+        return Err(Error::InvalidArgument(format!(
+            "stdio {uri} is not supported by the wasmtime runtime; use a FIFO or file:// path"
+        )));
+    }
+    Ok(Some(uri))
+}
+
+/// Opens stdout/stderr. A FIFO is opened read-write so the open never blocks waiting for a
+/// reader; containerd's copier still sees EOF once the guest's handles close.
+fn open_output(uri: &str) -> Result<Option<File>> {
+    let Some(path) = io_path(uri)? else {
+        return Ok(None);
+    };
+    let is_fifo = std::fs::metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    let mut opts = OpenOptions::new();
+    if is_fifo {
+        opts.read(true).write(true);
+    } else {
+        opts.append(true).create(true);
+    }
+    opts.open(path)
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("cannot open {path}: {e}")))
+}
+
+/// Opens stdin without waiting for a writer, then makes reads blocking again.
+fn open_stdin(uri: &str) -> Result<Option<File>> {
+    let Some(path) = io_path(uri)? else {
+        return Ok(None);
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::Internal(format!("cannot open {path}: {e}")))?;
+    let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| Error::Internal(format!("fcntl {path}: {e}")))?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(|e| Error::Internal(format!("fcntl {path}: {e}")))?;
+    Ok(Some(file))
+}
+
+/// A short description of what a non-Wasm file is, for error messages.
+fn describe(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\x7fELF") {
+        "it is a native ELF executable"
+    } else if bytes.starts_with(b"#!") {
+        "it is a script"
+    } else if bytes.is_empty() {
+        "it is empty"
+    } else {
+        "it has no \\0asm header"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_uris() {
+        assert_eq!(io_path("").unwrap(), None);
+        assert_eq!(io_path("/run/x/stdout").unwrap(), Some("/run/x/stdout"));
+        assert_eq!(io_path("file:///var/log/x").unwrap(), Some("/var/log/x"));
+        assert!(io_path("binary:///usr/bin/logger").is_err());
+    }
+
+    #[test]
+    fn describes_native_binaries() {
+        assert_eq!(describe(b"\x7fELF\x02"), "it is a native ELF executable");
+        assert_eq!(describe(b"#!/bin/sh"), "it is a script");
+    }
+}

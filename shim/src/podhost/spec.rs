@@ -1,0 +1,218 @@
+//! Reads what the pod host needs from a container's OCI runtime spec (the bundle's
+//! `config.json`): what kind of container it is, the module to run, and the guest's view of
+//! the world.
+
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::engine::Preopen;
+use crate::error::Error;
+
+/// The annotation CRI sets on every container; "sandbox" marks the pod's pause container.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The annotation CRI uses to group a pod's containers into one shim.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Mount types that describe kernel filesystems rather than data a guest can read.
+const KERNEL_MOUNTS: &[&str] = &[
+    "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm",
+];
+
+pub fn load(bundle: &Path) -> Result<Spec, Error> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|e| {
+        Error::InvalidArgument(format!("cannot read OCI spec {}: {e}", path.display()))
+    })
+}
+
+pub fn is_sandbox(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(CONTAINER_TYPE))
+        .is_some_and(|t| t == "sandbox")
+}
+
+/// The container's root filesystem on the host.
+pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
+    let path = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| PathBuf::from("rootfs"));
+    if path.is_absolute() {
+        path
+    } else {
+        bundle.join(path)
+    }
+}
+
+pub fn args(spec: &Spec) -> Vec<String> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default()
+}
+
+pub fn env(spec: &Spec) -> Vec<(String, String)> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.env().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv, String::new()),
+        })
+        .collect()
+}
+
+pub fn cwd(spec: &Spec) -> Option<String> {
+    spec.process()
+        .as_ref()
+        .map(|p| p.cwd().to_string_lossy().into_owned())
+        .filter(|c| !c.is_empty())
+}
+
+/// The network namespace the pod's guests should run in, when the spec names one. A pod on the
+/// host network (or `ctr run --net-host`) has none.
+pub fn netns(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+        .and_then(|ns| ns.path().clone())
+}
+
+/// The module file inside the rootfs named by `process.args[0]`. Relative names are taken from
+/// the working directory, as an exec would. The path may not climb out of the rootfs.
+pub fn module_path(spec: &Spec, rootfs: &Path) -> Result<(String, PathBuf), Error> {
+    let args = args(spec);
+    let Some(arg0) = args.first().filter(|a| !a.is_empty()) else {
+        return Err(Error::InvalidArgument(
+            "no command: process.args is empty, so there is no module to run".into(),
+        ));
+    };
+    let in_root = if arg0.starts_with('/') {
+        PathBuf::from(arg0)
+    } else {
+        Path::new(&cwd(spec).unwrap_or_else(|| "/".into())).join(arg0)
+    };
+    if in_root.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::InvalidArgument(format!(
+            "module path {arg0} must not contain '..'"
+        )));
+    }
+    let rel = in_root.strip_prefix("/").unwrap_or(&in_root);
+    Ok((arg0.clone(), rootfs.join(rel)))
+}
+
+/// The directories the guest sees: the rootfs at `/` (read-only unless the spec explicitly
+/// says `root.readonly: false`), and every bind mount of a directory at its destination,
+/// read-only when its options say `ro`. File bind mounts (`/etc/hosts`, the termination log)
+/// cannot be WASI preopens and are left out.
+pub fn preopens(spec: &Spec, rootfs: &Path) -> Vec<Preopen> {
+    let root_writable = spec.root().as_ref().and_then(|r| r.readonly()) == Some(false);
+    let mut out = vec![Preopen {
+        host: rootfs.to_path_buf(),
+        guest: "/".into(),
+        read_only: !root_writable,
+    }];
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let typ = m.typ().as_deref().unwrap_or("bind");
+        let options = m.options().as_deref().unwrap_or_default();
+        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind || KERNEL_MOUNTS.contains(&typ) {
+            continue;
+        }
+        let Some(source) = m.source() else { continue };
+        if !source.is_dir() {
+            continue;
+        }
+        out.push(Preopen {
+            host: source.clone(),
+            guest: m.destination().to_string_lossy().into_owned(),
+            read_only: options.iter().any(|o| o == "ro"),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn sandbox_is_recognized_by_cri_annotation() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"}
+        }));
+        assert!(is_sandbox(&s));
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2"}));
+        assert!(!is_sandbox(&s));
+    }
+
+    #[test]
+    fn module_path_resolves_inside_rootfs() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["app.wasm"], "cwd": "/srv", "user": {"uid": 0, "gid": 0}}
+        }));
+        let (name, path) = module_path(&s, Path::new("/b/rootfs")).unwrap();
+        assert_eq!(name, "app.wasm");
+        assert_eq!(path, Path::new("/b/rootfs/srv/app.wasm"));
+
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["/../../etc/passwd"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }));
+        assert!(module_path(&s, Path::new("/b/rootfs")).is_err());
+    }
+
+    #[test]
+    fn empty_args_is_a_clear_error() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }));
+        let err = module_path(&s, Path::new("/r")).unwrap_err().to_string();
+        assert!(err.contains("no command"), "{err}");
+    }
+
+    #[test]
+    fn bind_mounts_of_directories_become_preopens() {
+        let dir = std::env::temp_dir();
+        let file = std::env::current_exe().unwrap();
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": dir, "options": ["rbind", "ro"]},
+                {"destination": "/out", "type": "bind", "source": dir, "options": ["rbind", "rw"]},
+                {"destination": "/etc/hosts", "type": "bind", "source": file, "options": ["rbind"]}
+            ]
+        }));
+        let p = preopens(&s, Path::new("/r"));
+        let guests: Vec<_> = p.iter().map(|p| (p.guest.as_str(), p.read_only)).collect();
+        assert_eq!(guests, vec![("/", true), ("/data", true), ("/out", false)]);
+    }
+
+    #[test]
+    fn env_splits_on_first_equals() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["x"], "env": ["A=1=2", "B"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }));
+        assert_eq!(
+            env(&s),
+            vec![("A".into(), "1=2".into()), ("B".into(), String::new())]
+        );
+    }
+}
