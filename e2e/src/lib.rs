@@ -1,1 +1,452 @@
+//! Test harness for the end-to-end suite: a CRI client that drives containerd exactly as the
+//! kubelet does, `ctr` for the plain containerd path, and checks for what a pod leaves behind.
+//!
+//! The suite runs against a containerd started by `e2e/testbed.sh start VERSION`, found
+//! through the variables that command prints (`e2e/run.sh` does all of it).
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The image with every Wasm test workload at `/` (see e2e/testbed.sh images).
+pub const WORKLOADS: &str = "wasmpod.test/workloads:1";
+pub const BUSYBOX: &str = "wasmpod.test/busybox:1";
+pub const HANDLER: &str = "wasmtime";
+
+/// The containerd under test, from the environment `e2e/testbed.sh start` prints.
+#[derive(Debug, Clone)]
+pub struct Bed {
+    pub version: String,
+    pub socket: PathBuf,
+    pub ctr: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Bed {
+    pub fn from_env() -> Bed {
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!(
+                    "{k} is not set: the e2e suite needs a running test containerd; run e2e/run.sh"
+                )
+            })
+        };
+        Bed {
+            version: var("WASMPOD_CONTAINERD_VERSION"),
+            socket: var("WASMPOD_CONTAINERD_SOCKET").into(),
+            ctr: var("WASMPOD_CTR").into(),
+            run_dir: var("WASMPOD_RUN_DIR").into(),
+        }
+    }
+
+    /// Runs `ctr` in the given namespace and returns (exit code, stdout, stderr).
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = Command::new(&self.ctr)
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", namespace])
+            .args(args)
+            .output()
+            .context("running ctr")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// A fresh directory for one test's files (logs, volumes).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let d = self.run_dir.join("scratch").join(unique(name));
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+}
+
+pub fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A CRI client over containerd's socket, as the kubelet has.
+#[derive(Clone)]
+pub struct Cri {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    pub async fn connect(socket: &Path) -> Result<Cri> {
+        let socket = socket.to_path_buf();
+        let channel =
+            Endpoint::try_from("http://[::]:50051")?
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?))
+                    }
+                }))
+                .await
+                .context("connecting to containerd's CRI socket")?;
+        Ok(Cri {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        })
+    }
+
+    /// RunPodSandbox on the host network (no CNI), as a kubelet would for `hostNetwork: true`.
+    pub async fn run_pod(&mut self, bed: &Bed, name: &str, handler: &str) -> Result<Pod> {
+        let uid = unique(name);
+        let log_dir = bed.scratch(&format!("logs-{name}"));
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_string(),
+                uid: uid.clone(),
+                namespace: "wasmpod-e2e".into(),
+                attempt: 0,
+            }),
+            log_directory: log_dir.to_string_lossy().into_owned(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Pod as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.to_string(),
+            })
+            .await
+            .context("RunPodSandbox")?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod {
+            id,
+            config,
+            log_dir,
+        })
+    }
+
+    pub async fn create(&mut self, pod: &Pod, c: ContainerSpec) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: c.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: c.image.clone(),
+                ..Default::default()
+            }),
+            command: c.command.clone(),
+            args: c.args.clone(),
+            envs: c
+                .env
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|(host, container, ro)| Mount {
+                    host_path: host.to_string_lossy().into_owned(),
+                    container_path: container.clone(),
+                    readonly: *ro,
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: format!("{}.log", c.name),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let resp = self
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await?;
+        Ok(resp.into_inner().container_id)
+    }
+
+    pub async fn start(&mut self, id: &str) -> Result<()> {
+        self.runtime
+            .start_container(StartContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .context("StartContainer")?;
+        Ok(())
+    }
+
+    /// Create then start; the container id.
+    pub async fn run(&mut self, pod: &Pod, c: ContainerSpec) -> Result<String> {
+        let id = self.create(pod, c).await.context("CreateContainer")?;
+        self.start(&id).await?;
+        Ok(id)
+    }
+
+    pub async fn status(&mut self, id: &str) -> Result<ContainerStatus> {
+        self.runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .context("ContainerStatus")?
+            .into_inner()
+            .status
+            .context("no status")
+    }
+
+    /// Polls ContainerStatus, as the kubelet's PLEG does, until the container has exited.
+    pub async fn wait_exited(&mut self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await?;
+            if s.state == ContainerState::ContainerExited as i32 {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("container {id} did not exit within {timeout:?}: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&mut self, id: &str, timeout_s: i64) -> Result<()> {
+        self.runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: timeout_s,
+            })
+            .await
+            .context("StopContainer")?;
+        Ok(())
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, as the kubelet does when a pod is deleted.
+    pub async fn remove_pod(&mut self, pod: &Pod) -> Result<()> {
+        self.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await
+            .context("StopPodSandbox")?;
+        self.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await
+            .context("RemovePodSandbox")?;
+        Ok(())
+    }
+}
+
+/// What a test wants of one container.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// (host path, container path, read-only)
+    pub mounts: Vec<(PathBuf, String, bool)>,
+}
+
+impl ContainerSpec {
+    /// A container of the workloads image running `/<module>.wasm` with `args`.
+    pub fn wasm(name: &str, module: &str, args: &[&str]) -> Self {
+        ContainerSpec {
+            name: name.to_string(),
+            image: WORKLOADS.into(),
+            command: vec![format!("/{module}")],
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    pub log_dir: PathBuf,
+}
+
+impl Pod {
+    /// The container's CRI log (what `kubectl logs` reads), as (stream, line) pairs.
+    pub fn log(&self, container: &str) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(self.log_dir.join(format!("{container}.log")))
+            .unwrap_or_default();
+        parse_cri_log(&text)
+    }
+
+    pub fn log_text(&self, container: &str) -> String {
+        self.log(container)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until the container's log has a line containing `needle`.
+    pub async fn wait_log(&self, container: &str, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.log_text(container).contains(needle) {
+            if Instant::now() > deadline {
+                bail!(
+                    "log of {container} has no {needle:?} after {timeout:?}: {:?}",
+                    self.log_text(container)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Parses the CRI log format: `<RFC3339 time> <stdout|stderr> <P|F> <text>`, joining partial
+/// lines.
+pub fn parse_cri_log(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut partial: Option<(String, String)> = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (_, stream, tag, msg) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("F"),
+            parts.next().unwrap_or(""),
+        );
+        let (s, mut acc) = partial
+            .take()
+            .unwrap_or((stream.to_string(), String::new()));
+        acc.push_str(msg);
+        if tag == "P" {
+            partial = Some((s, acc));
+        } else {
+            out.push((s, acc));
+        }
+    }
+    out
+}
+
+/// Processes of our shim whose command line names this id (`-id <id>`).
+pub fn shim_processes(id: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with("containerd-shim-wasmtime-v1"));
+        if is_shim && args.windows(2).any(|w| w[0] == "-id" && w[1] == id) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Mount points whose path mentions `id`.
+pub fn mounts_mentioning(id: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(id))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Cgroup directories named after `id`, in v1 hierarchies or the v2 tree.
+pub fn cgroups_mentioning(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains(id) {
+                found.push(p);
+            } else if p.components().count() < 8 {
+                stack.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Polls `check` until it returns true or the timeout passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_log_lines_are_parsed_and_partials_joined() {
+        let text = "2026-01-01T00:00:00.1Z stdout P hel\n\
+                    2026-01-01T00:00:00.2Z stdout F lo\n\
+                    2026-01-01T00:00:00.3Z stderr F oops\n";
+        assert_eq!(
+            parse_cri_log(text),
+            vec![
+                ("stdout".to_string(), "hello".to_string()),
+                ("stderr".to_string(), "oops".to_string())
+            ]
+        );
+    }
+}

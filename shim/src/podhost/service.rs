@@ -269,13 +269,11 @@ impl Service {
     ) -> Result<(Program, GuestContext)> {
         let (name, path) = spec::module_path(spec, rootfs)?;
         let bytes = std::fs::read(&path).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "container {id}: cannot read module {name} from the image: {e}"
-            ))
+            Error::InvalidArgument(format!("cannot read module {name} from the image: {e}"))
         })?;
         if crate::engine::wasm_kind(&bytes).is_none() {
             return Err(Error::InvalidArgument(format!(
-                "container {id}: {name} is not a WebAssembly module ({}); the wasmtime runtime \
+                "{name} is not a WebAssembly module ({}); the wasmtime runtime \
                  class runs only Wasm, use runtimeClassName: wasmtime-isolated for pods with \
                  native containers",
                 describe(&bytes)
@@ -284,7 +282,7 @@ impl Service {
         let program = self
             .engine()?
             .compile(&bytes)
-            .map_err(|e| Error::InvalidArgument(format!("container {id}: module {name}: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("module {name}: {e}")))?;
         tracing::debug!(id, module = %name, kind = program.kind(), "compiled");
         let ctx = GuestContext {
             args: spec::args(spec),
@@ -722,7 +720,7 @@ fn describe(bytes: &[u8]) -> &'static str {
     } else if bytes.is_empty() {
         "it is empty"
     } else {
-        "it has no \\0asm header"
+        "it does not start with the Wasm magic bytes"
     }
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the end-to-end suite against real containerd 1.7 and 2.1 (or the versions given):
+# installs the test bed, builds the shim and the test images, then for each version starts
+# containerd, runs the CRI and ctr tests, and stops it again, also when a test fails.
+#
+#   e2e/run.sh [1.7] [2.1]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VERSIONS=("$@")
+[ ${#VERSIONS[@]} -gt 0 ] || VERSIONS=(1.7 2.1)
+
+bash e2e/testbed.sh install
+cargo build -q -p wasmpod-shim
+bash e2e/testbed.sh images
+cargo test -q -p wasmpod-e2e --no-run
+
+running=""
+cleanup() { [ -z "$running" ] || bash e2e/testbed.sh stop "$running"; }
+trap cleanup EXIT
+
+failed=()
+for v in "${VERSIONS[@]}"; do
+	echo "=== e2e: containerd $v ==="
+	env_file=$(mktemp)
+	bash e2e/testbed.sh start "$v" >"$env_file"
+	running=$v
+	# shellcheck disable=SC1090
+	source "$env_file"
+	rm -f "$env_file"
+	if ! cargo test -q -p wasmpod-e2e -- --test-threads 2; then
+		failed+=("$v")
+		echo "--- containerd $v log (last 40 lines) ---"
+		tail -n 40 "$WASMPOD_RUN_DIR/containerd.log" || true
+	fi
+	bash e2e/testbed.sh stop "$v"
+	running=""
+done
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "e2e failed on containerd ${failed[*]}"
+	exit 1
+fi
+echo "e2e passed on containerd ${VERSIONS[*]}"

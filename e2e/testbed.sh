@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# The end-to-end test bed: real containerd 1.7 and 2.1, runc, and locally built images.
+#
+#   e2e/testbed.sh install        packages, containerd .debs (private apt config), Wasm targets
+#   e2e/testbed.sh images         pause, busybox and Wasm workload images (OCI archives)
+#   e2e/testbed.sh start 1.7|2.1  start that containerd with the wasmtime handler; prints env
+#   e2e/testbed.sh stop 1.7|2.1   stop it by PID and remove its mounts and state
+#
+# Everything lives under $WASMPOD_TESTBED (default /var/tmp/wasmpod-testbed); the system's
+# containerd, apt sources and /etc are never touched. Needs root (mounts, containerd).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TB=${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}
+IMAGES=${WASMPOD_IMAGES:-$ROOT/target/e2e-images}
+SHIM=${WASMPOD_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-v1}
+
+# containerd versions under test: suite, version, .deb version.
+declare -A SUITE=([1.7]=trixie [2.1]=sid)
+declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
+PACKAGES=(runc protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev)
+
+log() { printf '[testbed] %s\n' "$*" >&2; }
+die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (containerd and its mounts need it)"; }
+
+check_version() {
+	case "${1:-}" in 1.7 | 2.1) ;; *) die "containerd version must be 1.7 or 2.1, got '${1:-}'" ;; esac
+}
+
+apt_private() {
+	# apt-get with its own sources, lists and cache, so the system's apt stays untouched.
+	local suite=$1
+	shift
+	local d=$TB/apt/$suite
+	mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$d/sources.list"
+	apt-get -q -o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+		-o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" "$@"
+}
+
+fetch_containerd() {
+	local v=$1 dir=$TB/containerd-$1
+	if [ -x "$dir/usr/bin/containerd" ] && [ "$(cat "$dir/.deb" 2>/dev/null)" = "${DEB[$v]}" ]; then
+		return
+	fi
+	local deb
+	deb=$(ls "$TB/debs/containerd_${DEB[$v]}_"*.deb 2>/dev/null | head -n1 || true)
+	if [ -z "$deb" ]; then
+		log "fetching containerd ${DEB[$v]} from Debian ${SUITE[$v]}"
+		apt_private "${SUITE[$v]}" update >/dev/null
+		mkdir -p "$TB/debs"
+		(cd "$TB/debs" && apt_private "${SUITE[$v]}" download "containerd=${DEB[$v]}" 2>&1 | grep -v unsandboxed || true)
+		deb=$(ls "$TB/debs/containerd_${DEB[$v]}_"*.deb 2>/dev/null | head -n1 || true)
+		[ -n "$deb" ] || die "containerd ${DEB[$v]} could not be downloaded from Debian ${SUITE[$v]}"
+	fi
+	rm -rf "$dir" && mkdir -p "$dir"
+	dpkg-deb -x "$deb" "$dir"
+	echo "${DEB[$v]}" >"$dir/.deb"
+}
+
+cmd_install() {
+	need_root
+	local missing=()
+	for p in "${PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing ${missing[*]}"
+		apt-get -q update >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get -q install -y "${missing[@]}" >/dev/null
+	fi
+	local targets
+	targets=$(rustup target list --installed)
+	for t in wasm32-wasip1 wasm32-wasip2; do
+		grep -qx "$t" <<<"$targets" || rustup target add "$t"
+	done
+	fetch_containerd 1.7
+	fetch_containerd 2.1
+}
+
+cmd_images() {
+	mkdir -p "$IMAGES/build"
+	local b=$IMAGES/build py="python3 $ROOT/e2e/images/ociimage.py"
+	log "building Wasm workloads"
+	(cd "$ROOT" && cargo build -q --release -p wasmpod-workloads --target wasm32-wasip1 &&
+		cargo build -q --release -p wasmpod-workloads --target wasm32-wasip2 --bin hello)
+	local w=$ROOT/target/wasm32-wasip1/release
+	local files=()
+	for f in "$w"/*.wasm; do files+=(--file "$f:/$(basename "$f")"); done
+	cp "$ROOT/target/wasm32-wasip2/release/hello.wasm" "$b/hello-p2.wasm"
+	gcc -static -O2 -o "$b/pause" "$ROOT/e2e/images/pause.c"
+	printf 'this is not WebAssembly\n' >"$b/notwasm.wasm"
+	printf '\0asm\1\0\0\0\1\377' >"$b/broken.wasm"
+	printf 'hello from a read-only file\n' >"$b/greeting.txt"
+	$py --out "$IMAGES/pause.tar" --name wasmpod.test/pause:1 --file "$b/pause:/pause" --entrypoint /pause
+	$py --out "$IMAGES/busybox.tar" --name wasmpod.test/busybox:1 \
+		--file /bin/busybox:/bin/busybox --entrypoint /bin/busybox --cmd echo --cmd hello
+	$py --out "$IMAGES/workloads.tar" --name wasmpod.test/workloads:1 "${files[@]}" \
+		--file "$b/hello-p2.wasm:/hello-p2.wasm" --file "$b/notwasm.wasm:/notwasm.wasm" \
+		--file "$b/broken.wasm:/broken.wasm" \
+		--file "$b/pause:/native" --file "$b/greeting.txt:/etc/greeting.txt" \
+		--entrypoint /hello.wasm --annotation module.wasm.image/variant=compat
+	log "images in $IMAGES"
+}
+
+run_dir() { echo "$TB/run/$1"; }
+
+write_config() {
+	local v=$1 d
+	d=$(run_dir "$v")
+	if [ "$v" = 1.7 ]; then
+		cat >"$d/config.toml" <<EOF
+version = 2
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+[grpc]
+  address = "$d/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "wasmpod.test/pause:1"
+  # This VM refuses negative oom_score_adj even for root; CRI asks for -998 otherwise.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$d/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$d/certs.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]
+      runtime_type = "io.containerd.wasmtime.v1"
+EOF
+	else
+		cat >"$d/config.toml" <<EOF
+version = 3
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+[grpc]
+  address = "$d/containerd.sock"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "wasmpod.test/pause:1"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "$d/certs.d"
+[plugins.'io.containerd.cri.v1.runtime']
+  # This VM refuses negative oom_score_adj even for root; CRI asks for -998 otherwise.
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$d/cni"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime]
+    runtime_type = "io.containerd.wasmtime.v1"
+EOF
+	fi
+}
+
+ctr_() {
+	local v=$1
+	shift
+	"$TB/containerd-$v/usr/bin/ctr" -a "$(run_dir "$v")/containerd.sock" "$@"
+}
+
+cmd_start() {
+	need_root
+	local v=${1:-}
+	check_version "$v"
+	local d
+	d=$(run_dir "$v")
+	[ -x "$TB/containerd-$v/usr/bin/containerd" ] || die "containerd $v is not installed: run '$0 install'"
+	[ -x "$SHIM" ] || die "no shim at $SHIM: run 'cargo build -p wasmpod-shim'"
+	[ -f "$IMAGES/workloads.tar" ] || die "no test images in $IMAGES: run '$0 images'"
+	if [ -f "$d/containerd.pid" ] && kill -0 "$(cat "$d/containerd.pid")" 2>/dev/null; then
+		die "containerd $v is already running (pid $(cat "$d/containerd.pid")); '$0 stop $v' first"
+	fi
+	rm -rf "$d" && mkdir -p "$d/bin" "$d/cni" "$d/certs.d" "$d/logs"
+	cp "$SHIM" "$d/bin/containerd-shim-wasmtime-v1"
+	write_config "$v"
+	log "starting containerd $v ($d)"
+	PATH="$d/bin:$TB/containerd-$v/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		setsid "$TB/containerd-$v/usr/bin/containerd" --config "$d/config.toml" --log-level debug \
+		</dev/null >"$d/containerd.log" 2>&1 &
+	echo $! >"$d/containerd.pid"
+	for _ in $(seq 1 100); do
+		ctr_ "$v" version >/dev/null 2>&1 && break
+		kill -0 "$(cat "$d/containerd.pid")" 2>/dev/null || { tail -n 30 "$d/containerd.log" >&2; die "containerd $v exited"; }
+		sleep 0.1
+	done
+	ctr_ "$v" version >/dev/null || die "containerd $v did not come up; see $d/containerd.log"
+	for ns in k8s.io default; do
+		for img in pause busybox workloads; do
+			ctr_ "$v" -n "$ns" images import --all-platforms "$IMAGES/$img.tar" >/dev/null
+		done
+	done
+	cat <<EOF
+export WASMPOD_CONTAINERD_VERSION=$v
+export WASMPOD_CONTAINERD_SOCKET=$d/containerd.sock
+export WASMPOD_CTR=$TB/containerd-$v/usr/bin/ctr
+export WASMPOD_RUN_DIR=$d
+EOF
+}
+
+cmd_stop() {
+	need_root
+	local v=${1:-}
+	check_version "$v"
+	local d pid
+	d=$(run_dir "$v")
+	[ -d "$d" ] || return 0
+	if [ -f "$d/containerd.pid" ]; then
+		pid=$(cat "$d/containerd.pid")
+		if kill -0 "$pid" 2>/dev/null; then
+			# Tasks a failed test left behind: their shims were started by this containerd and
+			# outlive it, so end them through it first.
+			local ns t
+			for ns in k8s.io default; do
+				for t in $(ctr_ "$v" -n "$ns" tasks ls -q 2>/dev/null); do
+					log "removing leftover task $ns/$t"
+					ctr_ "$v" -n "$ns" tasks rm -f "$t" >/dev/null 2>&1 || true
+				done
+			done
+			log "stopping containerd $v (pid $pid)"
+			kill -TERM "$pid"
+			for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+		fi
+		rm -f "$d/containerd.pid"
+	fi
+	# Mounts made under this containerd's root and state (snapshots, rootfs, shm), deepest first.
+	{ grep -F " $d/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do
+		umount -l "$m" 2>/dev/null || true
+	done
+}
+
+case "${1:-}" in
+install) cmd_install ;;
+images) cmd_images ;;
+start) cmd_start "${2:-}" ;;
+stop) cmd_stop "${2:-}" ;;
+*) sed -n '2,11p' "$0" >&2; exit 2 ;;
+esac

@@ -1,0 +1,358 @@
+//! Wasm pods through containerd's CRI, called exactly as the kubelet calls it, with the
+//! runtime handler `wasmtime`. Runs against the containerd that e2e/run.sh started.
+
+use std::time::{Duration, Instant};
+
+use wasmpod_e2e::*;
+
+const EXIT_WAIT: Duration = Duration::from_secs(60);
+
+async fn setup() -> (Bed, Cri) {
+    let bed = Bed::from_env();
+    let cri = Cri::connect(&bed.socket).await.expect("CRI connect");
+    (bed, cri)
+}
+
+/// Runs one container in a fresh pod to its exit; returns the pod (for logs) and status.
+async fn run_to_exit(name: &str, spec: ContainerSpec) -> (Pod, k8s_cri::v1::ContainerStatus) {
+    let (bed, mut cri) = setup().await;
+    let pod = cri
+        .run_pod(&bed, name, HANDLER)
+        .await
+        .expect("RunPodSandbox");
+    let container = spec.name.clone();
+    let id = cri.run(&pod, spec).await.expect("create+start");
+    let status = cri.wait_exited(&id, EXIT_WAIT).await.expect("exit");
+    cri.remove_pod(&pod).await.expect("remove pod");
+    let _ = container;
+    (pod, status)
+}
+
+#[tokio::test]
+async fn hello_reaches_the_cri_log() {
+    let (pod, status) = run_to_exit("hello", ContainerSpec::wasm("hello", "hello.wasm", &[])).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert_eq!(status.reason, "Completed");
+    assert_eq!(
+        pod.log("hello"),
+        vec![("stdout".to_string(), "hello from wasmpod".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn image_entrypoint_runs_without_a_command() {
+    let spec = ContainerSpec {
+        name: "entry".into(),
+        image: WORKLOADS.into(),
+        ..Default::default()
+    };
+    let (pod, status) = run_to_exit("entry", spec).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert_eq!(pod.log_text("entry"), "hello from wasmpod");
+}
+
+#[tokio::test]
+async fn exit_code_is_reported() {
+    let (_, status) = run_to_exit("exit", ContainerSpec::wasm("exit", "exit.wasm", &["42"])).await;
+    assert_eq!(status.exit_code, 42);
+    assert_eq!(status.reason, "Error");
+}
+
+#[tokio::test]
+async fn args_env_and_cwd_reach_the_guest() {
+    let mut spec = ContainerSpec::wasm("echo", "echo.wasm", &["one", "two words"]);
+    spec.env = vec![
+        ("WASMPOD_GREETING".into(), "hi there".into()),
+        ("WASMPOD_EMPTY".into(), String::new()),
+    ];
+    let (pod, status) = run_to_exit("echo", spec).await;
+    assert_eq!(status.exit_code, 0, "{:?}", pod.log_text("echo"));
+    let log = pod.log_text("echo");
+    assert!(log.contains("args: one two words"), "{log}");
+    assert!(log.contains("env: WASMPOD_GREETING=hi there"), "{log}");
+    assert!(log.contains("env: WASMPOD_EMPTY="), "{log}");
+    assert!(log.contains("cwd: /"), "{log}");
+}
+
+#[tokio::test]
+async fn stderr_is_logged_as_stderr() {
+    let (pod, status) =
+        run_to_exit("stderr", ContainerSpec::wasm("stderr", "stderr.wasm", &[])).await;
+    assert_eq!(status.exit_code, 0);
+    let log = pod.log("stderr");
+    assert!(
+        log.contains(&("stdout".into(), "this goes to stdout".into())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&("stderr".into(), "this goes to stderr".into())),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn image_files_are_readable_from_the_rootfs() {
+    let (pod, status) = run_to_exit(
+        "rootfs",
+        ContainerSpec::wasm("rootfs", "readfile.wasm", &["/etc/greeting.txt"]),
+    )
+    .await;
+    assert_eq!(status.exit_code, 0, "{}", pod.log_text("rootfs"));
+    assert_eq!(pod.log_text("rootfs"), "hello from a read-only file");
+}
+
+#[tokio::test]
+async fn rootfs_is_read_only() {
+    let (pod, status) = run_to_exit(
+        "rootfs-ro",
+        ContainerSpec::wasm("rootfs-ro", "writefile.wasm", &["/etc/new.txt", "x"]),
+    )
+    .await;
+    assert_eq!(status.exit_code, 1, "{}", pod.log_text("rootfs-ro"));
+    assert!(pod
+        .log_text("rootfs-ro")
+        .contains("cannot write /etc/new.txt"));
+}
+
+#[tokio::test]
+async fn mounts_honour_read_only() {
+    let bed = Bed::from_env();
+    let data = bed.scratch("data");
+    std::fs::write(data.join("in.txt"), "from the host\n").unwrap();
+    let out = bed.scratch("out");
+
+    let mut read = ContainerSpec::wasm("read", "readfile.wasm", &["/data/in.txt"]);
+    read.mounts = vec![(data.clone(), "/data".into(), true)];
+    let (pod, status) = run_to_exit("mount-read", read).await;
+    assert_eq!(status.exit_code, 0, "{}", pod.log_text("read"));
+    assert_eq!(pod.log_text("read"), "from the host");
+
+    let mut write_ro = ContainerSpec::wasm("write-ro", "writefile.wasm", &["/data/new.txt", "x"]);
+    write_ro.mounts = vec![(data.clone(), "/data".into(), true)];
+    let (pod, status) = run_to_exit("mount-write-ro", write_ro).await;
+    assert_eq!(status.exit_code, 1, "{}", pod.log_text("write-ro"));
+    assert!(!data.join("new.txt").exists());
+
+    let mut write = ContainerSpec::wasm("write", "writefile.wasm", &["/out/new.txt", "kept"]);
+    write.mounts = vec![(out.clone(), "/out".into(), false)];
+    let (pod, status) = run_to_exit("mount-write", write).await;
+    assert_eq!(status.exit_code, 0, "{}", pod.log_text("write"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("new.txt")).unwrap(),
+        "kept"
+    );
+}
+
+#[tokio::test]
+async fn preview2_component_runs() {
+    let (pod, status) = run_to_exit("p2", ContainerSpec::wasm("p2", "hello-p2.wasm", &[])).await;
+    assert_eq!(status.exit_code, 0, "{}", pod.log_text("p2"));
+    assert_eq!(pod.log_text("p2"), "hello from wasmpod");
+}
+
+#[tokio::test]
+async fn trap_gives_nonzero_exit_and_message_on_stderr() {
+    let (pod, status) = run_to_exit("trap", ContainerSpec::wasm("trap", "trap.wasm", &[])).await;
+    assert_eq!(status.exit_code, 134, "{status:?}");
+    let log = pod.log("trap");
+    assert!(
+        log.contains(&("stdout".into(), "about to trap".into())),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|(s, l)| s == "stderr" && l.contains("wasm trap")),
+        "{log:?}"
+    );
+}
+
+/// CRI creates the containerd task, and so calls the shim's create, in StartContainer. A
+/// refused task must fail StartContainer and show in the container status (what
+/// `kubectl describe pod` shows), with nothing left running.
+async fn start_error(name: &str, spec: ContainerSpec) -> String {
+    let (bed, mut cri) = setup().await;
+    let pod = cri
+        .run_pod(&bed, name, HANDLER)
+        .await
+        .expect("RunPodSandbox");
+    let id = cri.create(&pod, spec).await.expect("CreateContainer");
+    let err = cri.start(&id).await.expect_err("StartContainer must fail");
+    let status = cri.status(&id).await.expect("status");
+    assert_eq!(status.reason, "StartError", "{status:?}");
+    assert!(
+        status.message.len() > 20 && format!("{err:#}").contains(&status.message),
+        "the status message is the start error: {status:?} vs {err:#}"
+    );
+    assert_ne!(status.exit_code, 0);
+    cri.remove_pod(&pod).await.expect("remove pod");
+    assert!(
+        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
+            .is_empty())
+        .await,
+        "shim left running after a failed start"
+    );
+    assert_eq!(mounts_mentioning(&id), Vec::<String>::new());
+    status.message
+}
+
+#[tokio::test]
+async fn missing_module_is_a_clear_start_error() {
+    let err = start_error("missing", ContainerSpec::wasm("missing", "nope.wasm", &[])).await;
+    assert!(err.contains("cannot read module /nope.wasm"), "{err}");
+}
+
+#[tokio::test]
+async fn non_wasm_file_is_a_clear_start_error() {
+    let err = start_error(
+        "notwasm",
+        ContainerSpec::wasm("notwasm", "notwasm.wasm", &[]),
+    )
+    .await;
+    assert!(
+        err.contains("/notwasm.wasm is not a WebAssembly module"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_module_is_a_clear_start_error() {
+    let err = start_error("broken", ContainerSpec::wasm("broken", "broken.wasm", &[])).await;
+    assert!(
+        err.contains("module /broken.wasm: invalid WebAssembly"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn native_container_points_to_the_isolated_class() {
+    let mut spec = ContainerSpec::wasm("native", "native", &[]);
+    spec.command = vec!["/native".into()];
+    let err = start_error("native", spec).await;
+    assert!(err.contains("native ELF executable"), "{err}");
+    assert!(err.contains("wasmtime-isolated"), "{err}");
+}
+
+#[tokio::test]
+async fn two_containers_share_one_shim_process() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "shared", HANDLER).await.unwrap();
+    let sleeper = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("sleeper", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    let hello = cri
+        .run(&pod, ContainerSpec::wasm("hello", "hello.wasm", &[]))
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&hello, EXIT_WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 0);
+    pod.wait_log("sleeper", "sleeping", EXIT_WAIT)
+        .await
+        .unwrap();
+
+    // One process serves the pod (started for the sandbox); none for the containers.
+    assert_eq!(shim_processes(&pod.id).len(), 1, "one shim for the pod");
+    assert!(shim_processes(&sleeper).is_empty());
+    assert!(shim_processes(&hello).is_empty());
+    assert_eq!(
+        cri.status(&sleeper).await.unwrap().state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
+    cri.stop(&sleeper, 10).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn stop_ends_a_sleeping_guest_with_sigterm() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "stop-sleep", HANDLER).await.unwrap();
+    let id = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("sleeper", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    pod.wait_log("sleeper", "sleeping", EXIT_WAIT)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // A generous grace period: if SIGTERM did not stop the guest, CRI would wait all of it
+    // before sending SIGKILL, and the exit code would be 137.
+    cri.stop(&id, 30).await.unwrap();
+    let took = started.elapsed();
+    let st = cri.status(&id).await.unwrap();
+    assert_eq!(st.exit_code, 143, "{st:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "StopContainer took {took:?}"
+    );
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn stop_with_no_grace_kills_a_spinning_guest() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "stop-spin", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, ContainerSpec::wasm("spin", "spin.wasm", &[]))
+        .await
+        .unwrap();
+    pod.wait_log("spin", "spinning", EXIT_WAIT).await.unwrap();
+    cri.stop(&id, 0).await.unwrap();
+    let st = cri.wait_exited(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn removing_the_pod_leaves_nothing_behind() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "cleanup", HANDLER).await.unwrap();
+    let a = cri
+        .run(&pod, ContainerSpec::wasm("done", "hello.wasm", &[]))
+        .await
+        .unwrap();
+    let b = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("sleeper", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    cri.wait_exited(&a, EXIT_WAIT).await.unwrap();
+    pod.wait_log("sleeper", "sleeping", EXIT_WAIT)
+        .await
+        .unwrap();
+    assert_eq!(shim_processes(&pod.id).len(), 1);
+    assert!(
+        !mounts_mentioning(&b).is_empty(),
+        "the running container's rootfs is mounted"
+    );
+
+    // The kubelet stops containers, then the sandbox, then removes it.
+    cri.stop(&b, 10).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
+            .is_empty())
+        .await,
+        "shim still running after RemovePodSandbox"
+    );
+    for id in [&pod.id, &a, &b] {
+        assert_eq!(
+            mounts_mentioning(id),
+            Vec::<String>::new(),
+            "mounts of {id}"
+        );
+        assert_eq!(
+            cgroups_mentioning(id),
+            Vec::<std::path::PathBuf>::new(),
+            "cgroups of {id}"
+        );
+    }
+}
