@@ -20,6 +20,7 @@ cleanup() { [ -z "$running" ] || bash e2e/testbed.sh stop "$running"; }
 trap cleanup EXIT
 
 failed=()
+results=$(mktemp)
 for v in "${VERSIONS[@]}"; do
 	echo "=== e2e: containerd $v ==="
 	env_file=$(mktemp)
@@ -28,7 +29,7 @@ for v in "${VERSIONS[@]}"; do
 	# shellcheck disable=SC1090
 	source "$env_file"
 	rm -f "$env_file"
-	if ! cargo test -q -p wasmpod-e2e -- --test-threads 2; then
+	if ! cargo test -q -p wasmpod-e2e --tests -- --test-threads 2 2>&1 | tee -a "$results"; then
 		failed+=("$v")
 		echo "--- containerd $v log (last 40 lines) ---"
 		tail -n 40 "$WASMPOD_RUN_DIR/containerd.log" || true
@@ -36,8 +37,13 @@ for v in "${VERSIONS[@]}"; do
 	bash e2e/testbed.sh stop "$v"
 	running=""
 done
+passed=$(grep -o '[0-9]* passed' "$results" | awk '{s+=$1} END {print s+0}')
+nfailed=$(grep -o '[0-9]* failed' "$results" | awk '{s+=$1} END {print s+0}')
+rm -f "$results"
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "e2e failed on containerd ${failed[*]}"
+	echo "e2e: $passed passed, $nfailed failed"
 	exit 1
 fi
-echo "e2e passed on containerd ${VERSIONS[*]}"
+echo "e2e on containerd ${VERSIONS[*]}:"
+echo "$passed passed, $nfailed failed"

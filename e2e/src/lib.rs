@@ -86,6 +86,8 @@ pub fn unique(name: &str) -> String {
 pub struct Cri {
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
+    /// How often `wait_exited` polls ContainerStatus.
+    pub poll: Duration,
 }
 
 impl Cri {
@@ -104,6 +106,7 @@ impl Cri {
         Ok(Cri {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
+            poll: Duration::from_millis(20),
         })
     }
 
@@ -236,7 +239,7 @@ impl Cri {
             if Instant::now() > deadline {
                 bail!("container {id} did not exit within {timeout:?}: {s:?}");
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(self.poll).await;
         }
     }
 

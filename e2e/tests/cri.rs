@@ -356,3 +356,40 @@ async fn removing_the_pod_leaves_nothing_behind() {
         );
     }
 }
+
+#[tokio::test]
+async fn container_stats_come_from_the_engine() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "stats", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, ContainerSpec::wasm("spin", "spin.wasm", &[]))
+        .await
+        .unwrap();
+    pod.wait_log("spin", "spinning", EXIT_WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = cri
+        .runtime
+        .container_stats(k8s_cri::v1::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value)
+        .unwrap_or(0);
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value)
+        .unwrap_or(0);
+    // The guest has spun for at least half a second and holds its linear memory.
+    assert!(cpu >= 100_000_000, "cpu {cpu} ns");
+    assert!(memory >= 64 * 1024, "memory {memory} bytes");
+    cri.stop(&id, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}

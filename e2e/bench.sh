@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make bench`: builds the release shim, starts containerd 2.1 (or $WASMPOD_CONTAINERD) with
+# it, and prints start-up and memory figures for wasmpod next to runc. Root, Debian 12.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+V=${WASMPOD_CONTAINERD:-2.1}
+bash e2e/testbed.sh install
+cargo build -q --release -p wasmpod-shim
+cargo build -q --release -p wasmpod-e2e --bin bench
+bash e2e/testbed.sh images
+trap 'bash e2e/testbed.sh stop "$V"' EXIT
+env_file=$(mktemp)
+WASMPOD_SHIM=$ROOT/target/release/containerd-shim-wasmtime-v1 bash e2e/testbed.sh start "$V" >"$env_file"
+# shellcheck disable=SC1090
+source "$env_file"
+rm -f "$env_file"
+target/release/bench

@@ -1,0 +1,221 @@
+//! `make bench`: start-up time and memory of Wasm pods under wasmpod, next to runc on the
+//! same machine and the same containerd. Prints a table; asserts nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use wasmpod_e2e::*;
+
+const RUNS: usize = 20;
+const WARMUP: usize = 2;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let bed = Bed::from_env();
+    let mut cri = Cri::connect(&bed.socket).await?;
+    cri.poll = Duration::from_millis(2);
+    println!(
+        "wasmpod bench: containerd {}, {RUNS} runs each after {WARMUP} warm-up runs",
+        bed.version
+    );
+    println!("{:<48} {:>10} {:>10}", "measure", "median", "p90");
+
+    let wasm = ctr_run_times(&bed, "io.containerd.wasmtime.v1", WORKLOADS, &[])?;
+    row("ctr run --rm hello: wasmtime (wasmpod)", &wasm);
+    let runc = ctr_run_times(&bed, "io.containerd.runc.v2", BUSYBOX, &[])?;
+    row("ctr run --rm hello: runc (busybox echo)", &runc);
+
+    let wasm_cri = cri_times(
+        &bed,
+        &mut cri,
+        HANDLER,
+        ContainerSpec::wasm("hello", "hello.wasm", &[]),
+    )
+    .await?;
+    row("CRI RunPodSandbox -> exited: wasmtime", &wasm_cri);
+    let busybox = ContainerSpec {
+        name: "hello".into(),
+        image: BUSYBOX.into(),
+        command: vec!["/bin/busybox".into()],
+        args: vec!["echo".into(), "hello".into()],
+        ..Default::default()
+    };
+    let runc_cri = cri_times(&bed, &mut cri, "runc", busybox).await?;
+    row("CRI RunPodSandbox -> exited: runc", &runc_cri);
+    println!(
+        "speed-up vs runc (median): ctr run {:.1}x, CRI {:.1}x",
+        median(&runc) / median(&wasm),
+        median(&runc_cri) / median(&wasm_cri)
+    );
+
+    let (wasm_pss, wasm_procs) = idle_pod_pss(
+        &bed,
+        &mut cri,
+        HANDLER,
+        ContainerSpec::wasm("idle", "sleep.wasm", &["3600"]),
+        "containerd-shim-wasmtime-v1",
+    )
+    .await?;
+    let sleeper = ContainerSpec {
+        name: "idle".into(),
+        image: BUSYBOX.into(),
+        command: vec!["/bin/busybox".into()],
+        args: vec!["sleep".into(), "3600".into()],
+        ..Default::default()
+    };
+    let (runc_pss, runc_procs) =
+        idle_pod_pss(&bed, &mut cri, "runc", sleeper, "containerd-shim-runc-v2").await?;
+    println!(
+        "memory (PSS) of one idle pod: wasmtime {:.2} MiB in {wasm_procs} process(es); runc {:.2} MiB in {runc_procs} process(es)",
+        wasm_pss as f64 / 1024.0,
+        runc_pss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn row(name: &str, ms: &[f64]) {
+    println!(
+        "{name:<48} {:>8.1}ms {:>8.1}ms",
+        median(ms),
+        percentile(ms, 0.9)
+    );
+}
+
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ctr_run_times(bed: &Bed, runtime: &str, image: &str, args: &[&str]) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for i in 0..WARMUP + RUNS {
+        let id = unique("bench-ctr");
+        let mut cmd = vec!["run", "--rm", "--runtime", runtime, image, &id];
+        cmd.extend_from_slice(args);
+        let t = Instant::now();
+        let (code, out, err) = bed.ctr("default", &cmd)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if code != 0 || !out.contains("hello") {
+            bail!("ctr run with {runtime} failed ({code}): {out}{err}");
+        }
+        if i >= WARMUP {
+            times.push(ms);
+        }
+    }
+    Ok(times)
+}
+
+async fn cri_times(
+    bed: &Bed,
+    cri: &mut Cri,
+    handler: &str,
+    spec: ContainerSpec,
+) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for i in 0..WARMUP + RUNS {
+        let t = Instant::now();
+        let pod = cri.run_pod(bed, "bench", handler).await?;
+        let id = cri.run(&pod, spec.clone()).await?;
+        let st = cri.wait_exited(&id, Duration::from_secs(60)).await?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        cri.remove_pod(&pod).await?;
+        if st.exit_code != 0 {
+            bail!(
+                "{handler} pod exited {}: {}",
+                st.exit_code,
+                pod.log_text("hello")
+            );
+        }
+        if i >= WARMUP {
+            times.push(ms);
+        }
+    }
+    Ok(times)
+}
+
+/// PSS (KiB) of everything a running idle pod costs on the node: the shim serving it and
+/// the shim's children (pause and the container's processes, for runc).
+async fn idle_pod_pss(
+    bed: &Bed,
+    cri: &mut Cri,
+    handler: &str,
+    spec: ContainerSpec,
+    shim: &str,
+) -> Result<(u64, usize)> {
+    let pod = cri.run_pod(bed, "idle", handler).await?;
+    cri.run(&pod, spec).await?;
+    // Let the container settle into its sleep before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shim_pid = find_process(shim, &pod.id).with_context(|| format!("no {shim} for pod"))?;
+    let mut pids = vec![shim_pid];
+    let mut i = 0;
+    while i < pids.len() {
+        pids.extend(children(pids[i]));
+        i += 1;
+    }
+    let pss = pids.iter().map(|p| pss_kib(*p)).sum();
+    cri.remove_pod(&pod).await?;
+    Ok((pss, pids.len()))
+}
+
+fn find_process(binary: &str, id: &str) -> Option<u32> {
+    procs().into_iter().find_map(|(pid, args)| {
+        (args.first().is_some_and(|a| a.ends_with(binary))
+            && args.windows(2).any(|w| w[0] == "-id" && w[1] == id))
+        .then_some(pid)
+    })
+}
+
+fn procs() -> Vec<(u32, Vec<String>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args = cmd
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push((pid, args));
+    }
+    out
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    procs()
+        .into_iter()
+        .filter(|(p, _)| ppid(*p) == Some(pid))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields after the closing paren are fixed.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    std::fs::read_to_string(Path::new(&path))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
