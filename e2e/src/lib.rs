@@ -184,7 +184,10 @@ impl Cri {
                 })
                 .collect(),
             log_path: format!("{}.log", c.name),
-            linux: Some(LinuxContainerConfig::default()),
+            linux: Some(LinuxContainerConfig {
+                resources: c.resources.map(Resources::to_cri),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let resp = self
@@ -254,6 +257,54 @@ impl Cri {
         Ok(())
     }
 
+    /// UpdateContainerResources, as the kubelet does for an in-place pod resize.
+    pub async fn update(&mut self, id: &str, r: Resources) -> Result<()> {
+        self.runtime
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.to_string(),
+                linux: Some(r.to_cri()),
+                ..Default::default()
+            })
+            .await
+            .context("UpdateContainerResources")?;
+        Ok(())
+    }
+
+    /// The container's total CPU time in nanoseconds, from ContainerStats (`kubectl top`).
+    pub async fn cpu_ns(&mut self, id: &str) -> Result<u64> {
+        let stats = self
+            .runtime
+            .container_stats(ContainerStatsRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .context("ContainerStats")?
+            .into_inner()
+            .stats
+            .context("no stats")?;
+        Ok(stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map(|v| v.value)
+            .unwrap_or(0))
+    }
+
+    /// Cores the container used over `window`, from two ContainerStats readings.
+    pub async fn cpu_share(&mut self, ids: &[&str], window: Duration) -> Result<Vec<f64>> {
+        let mut before = Vec::new();
+        for id in ids {
+            before.push(self.cpu_ns(id).await?);
+        }
+        let t = Instant::now();
+        tokio::time::sleep(window).await;
+        let wall = t.elapsed().as_nanos() as f64;
+        let mut out = Vec::new();
+        for (id, b) in ids.iter().zip(before) {
+            out.push((self.cpu_ns(id).await? - b) as f64 / wall);
+        }
+        Ok(out)
+    }
+
     /// StopPodSandbox then RemovePodSandbox, as the kubelet does when a pod is deleted.
     pub async fn remove_pod(&mut self, pod: &Pod) -> Result<()> {
         self.runtime
@@ -282,6 +333,31 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// (host path, container path, read-only)
     pub mounts: Vec<(PathBuf, String, bool)>,
+    /// Limits as the kubelet sets them.
+    pub resources: Option<Resources>,
+}
+
+/// A container's `resources.limits`, in the form the kubelet passes to CRI.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resources {
+    pub memory_bytes: i64,
+    pub cpu_millis: i64,
+}
+
+impl Resources {
+    pub fn to_cri(self) -> LinuxContainerResources {
+        LinuxContainerResources {
+            memory_limit_in_bytes: self.memory_bytes,
+            cpu_period: if self.cpu_millis > 0 { 100_000 } else { 0 },
+            cpu_quota: self.cpu_millis * 100,
+            cpu_shares: if self.cpu_millis > 0 {
+                self.cpu_millis * 1024 / 1000
+            } else {
+                2
+            },
+            ..Default::default()
+        }
+    }
 }
 
 impl ContainerSpec {

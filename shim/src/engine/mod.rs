@@ -18,7 +18,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-pub use meter::Usage;
+pub use meter::{host_reserve, Limits, Meter};
 
 /// How often the epoch advances. Every running guest yields to the executor at each tick, which
 /// is what lets a kill interrupt a spinning guest and keeps one guest from starving the others.
@@ -84,6 +84,9 @@ pub enum Exit {
     Code(i32),
     /// The guest trapped or the host failed it; the message is already on its stderr.
     Trap(String),
+    /// The guest failed after a grow was denied by its memory limit: to users this is the
+    /// kernel's OOM kill (status 137, reason OOMKilled).
+    OutOfMemory,
 }
 
 impl Exit {
@@ -91,6 +94,7 @@ impl Exit {
         match self {
             Exit::Code(c) => *c,
             Exit::Trap(_) => TRAP_EXIT_STATUS,
+            Exit::OutOfMemory => 128 + libc::SIGKILL,
         }
     }
 }
@@ -185,19 +189,30 @@ impl Engine {
 
     /// Runs a guest to completion. The returned future yields at every epoch tick, so dropping
     /// it (on kill) stops even a guest that never calls the host.
-    pub async fn run(&self, program: &Program, ctx: GuestContext, usage: Arc<Usage>) -> Exit {
+    pub async fn run(&self, program: &Program, ctx: GuestContext, meter: Arc<Meter>) -> Exit {
         let stderr = ctx.stderr.as_ref().and_then(|f| f.try_clone().ok());
         let builder = match wasi_builder(ctx) {
             Ok(b) => b,
             Err(e) => return fail(stderr, e.to_string()),
         };
-        let result = meter::Metered::new(usage.clone(), self.call(program, builder, usage)).await;
-        match result {
+        let call = self.call(program, builder, meter.clone());
+        let result = meter::Metered::new(meter.clone(), call).await;
+        let exit = match result {
             Ok(code) => Exit::Code(code),
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(exit) => Exit::Code(exit.0),
+                None if meter.out_of_memory() => {
+                    fail(stderr, format!("out of memory: {e:?}"));
+                    Exit::OutOfMemory
+                }
                 None => fail(stderr, format!("wasm trap: {e:?}")),
             },
+        };
+        // A guest that reports an allocation failure and exits non-zero was OOM-killed too,
+        // as far as its users can tell.
+        match exit {
+            Exit::Code(c) if c != 0 && meter.out_of_memory() => Exit::OutOfMemory,
+            other => other,
         }
     }
 
@@ -205,15 +220,15 @@ impl Engine {
         &self,
         program: &Program,
         mut builder: WasiCtxBuilder,
-        usage: Arc<Usage>,
+        meter: Arc<Meter>,
     ) -> wasmtime::Result<i32> {
         match program {
             Program::Module(module) => {
                 let state = ModuleState {
                     wasi: builder.build_p1(),
-                    limiter: meter::Limiter::new(usage),
+                    limiter: meter::Limiter::new(meter.clone()),
                 };
-                let mut store = self.store(state, |s| &mut s.limiter);
+                let mut store = self.store(state, |s| &mut s.limiter, meter);
                 let instance = self.modules.instantiate_async(&mut store, module).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await?;
@@ -223,9 +238,9 @@ impl Engine {
                 let state = ComponentState {
                     wasi: builder.build(),
                     table: ResourceTable::new(),
-                    limiter: meter::Limiter::new(usage),
+                    limiter: meter::Limiter::new(meter.clone()),
                 };
-                let mut store = self.store(state, |s| &mut s.limiter);
+                let mut store = self.store(state, |s| &mut s.limiter, meter);
                 let command = pre.instantiate_async(&mut store).await?;
                 match command.wasi_cli_run().call_run(&mut store).await? {
                     Ok(()) => Ok(0),
@@ -239,11 +254,20 @@ impl Engine {
         &self,
         state: T,
         limiter: fn(&mut T) -> &mut meter::Limiter,
+        meter: Arc<Meter>,
     ) -> Store<T> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        // Every tick yields to the executor (so kills and other guests get their turn), and
+        // sleeps first when the CPU quota is spent.
+        let mut throttle = meter::Throttle::new(meter);
+        store.epoch_deadline_callback(move |_| {
+            Ok(match throttle.pause() {
+                None => UpdateDeadline::Yield(1),
+                Some(pause) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))),
+            })
+        });
         store
     }
 

@@ -37,7 +37,7 @@ fn run(e: &Engine, bytes: &[u8], ctx: GuestContext) -> Exit {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(e.run(&program, ctx, Arc::new(Usage::default())))
+    rt.block_on(e.run(&program, ctx, Arc::new(Meter::default())))
 }
 
 #[test]
@@ -85,17 +85,17 @@ fn spinning_guest_yields_so_it_can_be_cancelled() {
         .enable_all()
         .build()
         .unwrap();
-    let usage = Arc::new(Usage::default());
+    let meter = Arc::new(Meter::default());
     let started = std::time::Instant::now();
     let out = rt.block_on(async {
         tokio::select! {
-            _ = e.run(&program, GuestContext::default(), usage.clone()) => "finished",
+            _ = e.run(&program, GuestContext::default(), meter.clone()) => "finished",
             _ = tokio::time::sleep(Duration::from_millis(200)) => "cancelled",
         }
     });
     assert_eq!(out, "cancelled");
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(usage.cpu_ns() > 50_000_000, "cpu {}", usage.cpu_ns());
+    assert!(meter.cpu_ns() > 50_000_000, "cpu {}", meter.cpu_ns());
 }
 
 #[test]

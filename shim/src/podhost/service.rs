@@ -14,12 +14,14 @@ use async_trait::async_trait;
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, WaitRequest,
-    WaitResponse,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+    WaitRequest, WaitResponse,
 };
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::shim_async::Task;
@@ -30,10 +32,11 @@ use containerd_shim::protos::types::mount::Mount;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::util::convert_to_any;
 use containerd_shim::Context;
+use oci_spec::runtime::LinuxResources;
 use tokio::sync::watch;
 
 use super::spec;
-use crate::engine::{Engine, GuestContext, Program, Usage};
+use crate::engine::{Engine, Exit, GuestContext, Meter, Program};
 use crate::error::Error;
 
 type Result<T> = std::result::Result<T, Error>;
@@ -79,7 +82,7 @@ struct Container {
     state: State,
     exit: watch::Sender<Option<Exited>>,
     kill: Option<watch::Sender<Option<u32>>>,
-    usage: Arc<Usage>,
+    meter: Arc<Meter>,
 }
 
 impl Container {
@@ -233,7 +236,7 @@ impl Service {
             state: State::Created,
             exit,
             kill: None,
-            usage: Arc::new(Usage::default()),
+            meter: Arc::new(Meter::new(spec::limits(&spec))),
         };
         if spec::is_sandbox(&spec) {
             return Ok(container);
@@ -297,7 +300,7 @@ impl Service {
     }
 
     async fn do_start(&self, id: &str) -> Result<u32> {
-        let (prepared, netns, kill_rx, usage) = {
+        let (prepared, netns, kill_rx, meter) = {
             let mut containers = self.containers();
             let c = containers
                 .get_mut(id)
@@ -318,7 +321,7 @@ impl Service {
             };
             let (kill_tx, kill_rx) = watch::channel(None);
             c.kill = Some(kill_tx);
-            (prepared, c.netns.clone(), kill_rx, c.usage.clone())
+            (prepared, c.netns.clone(), kill_rx, c.meter.clone())
         };
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
@@ -341,9 +344,22 @@ impl Service {
         guests.spawn(async move {
             // Dropping the guest's future is how a kill stops it: the guest yields at every
             // epoch tick and every host call, so this happens within one tick.
-            let status = tokio::select! {
-                exit = engine.run(&program, ctx, usage) => exit.status() as u32,
-                Ok(sig) = kill_rx.wait_for(Option::is_some) => 128 + sig.unwrap_or(libc::SIGKILL as u32),
+            let exit = tokio::select! {
+                exit = engine.run(&program, ctx, meter) => Ok(exit),
+                Ok(sig) = kill_rx.wait_for(Option::is_some) => Err(sig.unwrap_or(libc::SIGKILL as u32)),
+            };
+            let status = match exit {
+                Ok(exit) => {
+                    if exit == Exit::OutOfMemory {
+                        let oom = TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        };
+                        service.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
+                    }
+                    exit.status() as u32
+                }
+                Err(signal) => 128 + signal,
             };
             service.finish(&id, status).await;
         });
@@ -567,7 +583,7 @@ impl Task for Service {
             let c = containers
                 .get(&req.id)
                 .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
-            c.usage.clone()
+            c.meter.clone()
         };
         let memory = usage.memory_bytes();
         let metrics = Metrics {
@@ -610,6 +626,22 @@ impl Task for Service {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })
+    }
+
+    /// UpdateContainerResources (in-place pod resize): new limits apply to the running guest at
+    /// its next epoch tick or grow.
+    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let resources: LinuxResources = serde_json::from_slice(&req.resources.value)
+            .map_err(|e| Error::InvalidArgument(format!("cannot parse resources: {e}")))?;
+        let limits = spec::resource_limits(&resources);
+        let containers = self.containers();
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+        tracing::info!(?limits, "limits updated");
+        c.meter.set_limits(limits);
+        Ok(Empty::new())
     }
 
     #[tracing::instrument(skip_all)]

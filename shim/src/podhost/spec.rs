@@ -4,9 +4,9 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
-use crate::engine::Preopen;
+use crate::engine::{Limits, Preopen};
 use crate::error::Error;
 
 /// The annotation CRI sets on every container; "sandbox" marks the pod's pause container.
@@ -72,6 +72,31 @@ pub fn cwd(spec: &Spec) -> Option<String> {
         .as_ref()
         .map(|p| p.cwd().to_string_lossy().into_owned())
         .filter(|c| !c.is_empty())
+}
+
+/// The container's memory and CPU limits from `linux.resources`.
+pub fn limits(spec: &Spec) -> Limits {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .map(resource_limits)
+        .unwrap_or_default()
+}
+
+/// Limits from a resources block; zero or negative values mean "no limit", as in cgroups.
+pub fn resource_limits(r: &LinuxResources) -> Limits {
+    let memory = r
+        .memory()
+        .as_ref()
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64);
+    let cpu = r.cpu().as_ref().and_then(|c| {
+        let quota = c.quota().filter(|q| *q > 0)? as u64;
+        let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
+        Some((quota, period))
+    });
+    Limits { memory, cpu }
 }
 
 /// The network namespace the pod's guests should run in, when the spec names one. A pod on the
@@ -202,6 +227,29 @@ mod tests {
         let p = preopens(&s, Path::new("/r"));
         let guests: Vec<_> = p.iter().map(|p| (p.guest.as_str(), p.read_only)).collect();
         assert_eq!(guests, vec![("/", true), ("/data", true), ("/out", false)]);
+    }
+
+    #[test]
+    fn limits_come_from_linux_resources() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {
+                "memory": {"limit": 33554432},
+                "cpu": {"quota": 20000, "period": 100000, "shares": 204}
+            }}
+        }));
+        assert_eq!(
+            limits(&s),
+            Limits {
+                memory: Some(32 << 20),
+                cpu: Some((20_000, 100_000))
+            }
+        );
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 100000}}}
+        }));
+        assert_eq!(limits(&s), Limits::default());
     }
 
     #[test]

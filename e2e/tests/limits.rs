@@ -1,0 +1,192 @@
+//! Container limits through CRI, enforced inside the engine: memory through store limits
+//! (ending like the kernel's OOM kill), CPU through the epoch-driven quota.
+//!
+//! CPU shares are measured from ContainerStats over a few seconds. The bounds are wide on
+//! purpose (this is a noisy 2-core machine); `make bench` prints the precise figures. The
+//! CPU tests hold a lock so they never compete with each other for the cores.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use wasmpod_e2e::*;
+
+static CPU: Mutex<()> = Mutex::const_new(());
+const WINDOW: Duration = Duration::from_secs(3);
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn setup() -> (Bed, Cri) {
+    let bed = Bed::from_env();
+    let cri = Cri::connect(&bed.socket).await.expect("CRI connect");
+    (bed, cri)
+}
+
+fn limited(
+    name: &str,
+    module: &str,
+    args: &[&str],
+    memory_bytes: i64,
+    cpu_millis: i64,
+) -> ContainerSpec {
+    let mut c = ContainerSpec::wasm(name, module, args);
+    c.resources = Some(Resources {
+        memory_bytes,
+        cpu_millis,
+    });
+    c
+}
+
+#[tokio::test]
+async fn memory_hog_is_oom_killed_and_its_neighbour_lives_on() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "oom", HANDLER).await.unwrap();
+    let neighbour = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("neighbour", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    let hog = cri
+        .run(&pod, limited("hog", "memhog.wasm", &[], 32 << 20, 0))
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&hog, WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 137, "{st:?} {}", pod.log_text("hog"));
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    let log = pod.log_text("hog");
+    assert!(
+        log.contains("allocated 24 MiB"),
+        "the hog got close to its limit: {log}"
+    );
+    assert!(
+        !log.contains("allocated 32 MiB"),
+        "the hog stayed under its limit: {log}"
+    );
+
+    pod.wait_log("neighbour", "sleeping", WAIT).await.unwrap();
+    let n = cri.status(&neighbour).await.unwrap();
+    assert_eq!(
+        n.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(
+        shim_processes(&pod.id).len(),
+        1,
+        "the pod's shim survived the OOM"
+    );
+    cri.stop(&neighbour, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_within_the_limit_is_fine() {
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "mem-ok", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, limited("fits", "memhog.wasm", &["16"], 32 << 20, 0))
+        .await
+        .unwrap();
+    pod.wait_log("fits", "holding 16 MiB", WAIT).await.unwrap();
+    let st = cri.status(&id).await.unwrap();
+    assert_eq!(
+        st.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
+    cri.stop(&id, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn cpu_limits_hold_per_container() {
+    let _cores = CPU.lock().await;
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "cpu", HANDLER).await.unwrap();
+    let a = cri
+        .run(&pod, limited("spin200", "spin.wasm", &[], 0, 200))
+        .await
+        .unwrap();
+    let b = cri
+        .run(&pod, limited("spin500", "spin.wasm", &[], 0, 500))
+        .await
+        .unwrap();
+    pod.wait_log("spin200", "spinning", WAIT).await.unwrap();
+    pod.wait_log("spin500", "spinning", WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shares = cri.cpu_share(&[&a, &b], WINDOW).await.unwrap();
+    eprintln!(
+        "cpu shares in one pod: 200m {:.3}, 500m {:.3}",
+        shares[0], shares[1]
+    );
+    assert!(
+        (0.12..0.30).contains(&shares[0]),
+        "200m used {:.3} cores",
+        shares[0]
+    );
+    assert!(
+        (0.40..0.62).contains(&shares[1]),
+        "500m used {:.3} cores",
+        shares[1]
+    );
+    cri.stop(&a, 0).await.unwrap();
+    cri.stop(&b, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn unlimited_spinner_gets_a_core() {
+    let _cores = CPU.lock().await;
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "cpu-free", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, ContainerSpec::wasm("spin", "spin.wasm", &[]))
+        .await
+        .unwrap();
+    pod.wait_log("spin", "spinning", WAIT).await.unwrap();
+    let share = cri.cpu_share(&[&id], WINDOW).await.unwrap()[0];
+    eprintln!("cpu share unlimited: {share:.3}");
+    assert!(share >= 0.7, "unlimited spinner used {share:.3} cores");
+
+    // StopContainer with no grace period ends a spinning guest at its next epoch tick.
+    let t = Instant::now();
+    cri.stop(&id, 0).await.unwrap();
+    let took = t.elapsed();
+    eprintln!("StopContainer(timeout 0) of a spinning guest: {took:?}");
+    let st = cri.status(&id).await.unwrap();
+    assert_eq!(st.exit_code, 137);
+    assert!(took < Duration::from_secs(1), "StopContainer took {took:?}");
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn resizing_a_running_container_changes_its_cpu() {
+    let _cores = CPU.lock().await;
+    let (bed, mut cri) = setup().await;
+    let pod = cri.run_pod(&bed, "resize", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, limited("spin", "spin.wasm", &[], 0, 200))
+        .await
+        .unwrap();
+    pod.wait_log("spin", "spinning", WAIT).await.unwrap();
+    let before = cri.cpu_share(&[&id], WINDOW).await.unwrap()[0];
+    cri.update(
+        &id,
+        Resources {
+            memory_bytes: 0,
+            cpu_millis: 500,
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = cri.cpu_share(&[&id], WINDOW).await.unwrap()[0];
+    assert!(
+        (0.12..0.30).contains(&before),
+        "200m used {before:.3} cores"
+    );
+    assert!(
+        (0.40..0.62).contains(&after),
+        "resized to 500m, used {after:.3} cores"
+    );
+    cri.stop(&id, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}
