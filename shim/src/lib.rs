@@ -3,4 +3,5 @@
 
 pub mod engine;
 pub mod error;
+pub mod logger;
 pub mod podhost;

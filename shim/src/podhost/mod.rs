@@ -36,6 +36,13 @@ impl Shim for PodShim {
         // The pod host forks nothing, so it has no children to reap.
         config.no_reaper = true;
         config.no_sub_reaper = true;
+        config.no_setup_logger = true;
+        // Only the daemon (no action) has containerd reading its log FIFO.
+        if args.action.is_empty() {
+            if let Err(e) = crate::logger::init(args.debug) {
+                eprintln!("cannot open the shim log: {e}");
+            }
+        }
         PodShim {
             namespace: args.namespace.clone(),
             exit: Arc::new(ExitSignal::default()),
