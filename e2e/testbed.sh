@@ -184,7 +184,8 @@ cmd_start() {
 	cp "$SHIM" "$d/bin/containerd-shim-wasmtime-v1"
 	write_config "$v"
 	log "starting containerd $v ($d)"
-	PATH="$d/bin:$TB/containerd-$v/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+	# Shims inherit containerd's environment: this is where they keep compiled modules.
+	WASMPOD_CACHE_DIR="$d/cache" PATH="$d/bin:$TB/containerd-$v/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
 		setsid "$TB/containerd-$v/usr/bin/containerd" --config "$d/config.toml" --log-level debug \
 		</dev/null >"$d/containerd.log" 2>&1 &
 	echo $! >"$d/containerd.pid"
@@ -204,6 +205,7 @@ export WASMPOD_CONTAINERD_VERSION=$v
 export WASMPOD_CONTAINERD_SOCKET=$d/containerd.sock
 export WASMPOD_CTR=$TB/containerd-$v/usr/bin/ctr
 export WASMPOD_RUN_DIR=$d
+export WASMPOD_CACHE_DIR=$d/cache
 EOF
 }
 

@@ -28,6 +28,8 @@ pub struct Bed {
     pub socket: PathBuf,
     pub ctr: PathBuf,
     pub run_dir: PathBuf,
+    /// The shims' compile cache.
+    pub cache_dir: PathBuf,
 }
 
 impl Bed {
@@ -44,6 +46,7 @@ impl Bed {
             socket: var("WASMPOD_CONTAINERD_SOCKET").into(),
             ctr: var("WASMPOD_CTR").into(),
             run_dir: var("WASMPOD_RUN_DIR").into(),
+            cache_dir: var("WASMPOD_CACHE_DIR").into(),
         }
     }
 

@@ -393,3 +393,33 @@ async fn container_stats_come_from_the_engine() {
     cri.stop(&id, 0).await.unwrap();
     cri.remove_pod(&pod).await.unwrap();
 }
+
+#[tokio::test]
+async fn corrupt_compile_cache_entries_are_recompiled() {
+    let bed = Bed::from_env();
+    let (pod, status) =
+        run_to_exit("cache-1", ContainerSpec::wasm("echo", "echo.wasm", &["a"])).await;
+    assert_eq!(status.exit_code, 0, "{}", pod.log_text("echo"));
+    let entries: Vec<_> = std::fs::read_dir(&bed.cache_dir)
+        .expect("the shim keeps a compile cache")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert!(
+        !entries.is_empty(),
+        "no compiled modules in {}",
+        bed.cache_dir.display()
+    );
+    for e in &entries {
+        let mut data = std::fs::read(e).unwrap();
+        for b in data.iter_mut().skip(64).step_by(97) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(e, data).unwrap();
+    }
+    let (pod, status) =
+        run_to_exit("cache-2", ContainerSpec::wasm("echo", "echo.wasm", &["b"])).await;
+    assert_eq!(status.exit_code, 0, "{}", pod.log_text("echo"));
+    assert!(pod.log_text("echo").contains("args: b"));
+}

@@ -2,6 +2,7 @@
 //! command on it. It knows nothing of containerd: callers hand it module bytes, arguments,
 //! environment, stdio files and preopened directories, and get an exit status back.
 
+pub mod cache;
 mod meter;
 
 use std::fs::File;
@@ -18,6 +19,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+pub use cache::Outcome;
 pub use meter::{host_reserve, Limits, Meter};
 
 /// How often the epoch advances. Every running guest yields to the executor at each tick, which
@@ -124,12 +126,32 @@ pub struct Engine {
     engine: wasmtime::Engine,
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
+    cache: Option<cache::Cache>,
     ticker_stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
 }
 
 impl Engine {
+    /// The engine with the node's compile cache (`WASMPOD_CACHE_DIR`, default
+    /// `/var/lib/wasmpod/cache`).
     pub fn new() -> Result<Self, EngineError> {
+        let mut e = Engine::uncached()?;
+        e.cache = cache::Cache::from_env(&e.engine);
+        Ok(e)
+    }
+
+    /// The engine with its compile cache in `dir`.
+    pub fn with_cache_dir(dir: &std::path::Path) -> Result<Self, EngineError> {
+        let mut e = Engine::uncached()?;
+        e.cache = Some(
+            cache::Cache::open(dir, &e.engine, cache::DEFAULT_MAX_BYTES)
+                .map_err(|err| EngineError::Config(format!("cache {}: {err}", dir.display())))?,
+        );
+        Ok(e)
+    }
+
+    /// The engine without a compile cache: every module is compiled.
+    pub fn uncached() -> Result<Self, EngineError> {
         let engine = build_engine()?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.wasi)
@@ -156,34 +178,68 @@ impl Engine {
             engine,
             modules,
             components,
+            cache: None,
             ticker_stop,
             ticker: Some(ticker),
         })
     }
 
-    /// Compiles module or component bytes. Precompiled artifacts are refused: the shim only
-    /// runs code it compiled itself.
-    #[tracing::instrument(level = "debug", skip_all, fields(len = bytes.len()))]
+    /// Compiles module or component bytes, or loads them from the compile cache. Precompiled
+    /// artifacts are refused: the shim only runs code it compiled itself.
     pub fn compile(&self, bytes: &[u8]) -> Result<Program, EngineError> {
+        self.compile_cached(bytes).map(|(p, _)| p)
+    }
+
+    /// `compile`, also telling whether the cache served it.
+    #[tracing::instrument(level = "debug", skip_all, fields(len = bytes.len()))]
+    pub fn compile_cached(&self, bytes: &[u8]) -> Result<(Program, Outcome), EngineError> {
         if wasmtime::Engine::detect_precompiled(bytes).is_some() {
             return Err(EngineError::Precompiled);
         }
-        match wasm_kind(bytes) {
-            Some(WasmKind::Module) => Module::new(&self.engine, bytes)
-                .map(Program::Module)
-                .map_err(|e| EngineError::Compile(format!("{e:#}"))),
-            Some(WasmKind::Component) => {
-                let component = Component::new(&self.engine, bytes)
-                    .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+        let kind = wasm_kind(bytes).ok_or(EngineError::NotWasm)?;
+        let compile = || {
+            let compiled = match kind {
+                WasmKind::Module => Module::new(&self.engine, bytes).map(Compiled::Module),
+                WasmKind::Component => Component::new(&self.engine, bytes).map(Compiled::Component),
+            }
+            .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+            let artifact = compiled
+                .serialize()
+                .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+            Ok((self.program(compiled)?, artifact))
+        };
+        match &self.cache {
+            None => compile().map(|(p, _)| (p, Outcome::Compiled)),
+            Some(cache) => cache.get(bytes, compile, |artifact| {
+                // SAFETY: the artifact was written by this shim into its own cache and passed
+                // its checksum; wasmtime itself checks it matches this engine's settings.
+                let compiled = unsafe {
+                    match kind {
+                        WasmKind::Module => {
+                            Module::deserialize(&self.engine, artifact).map(Compiled::Module)
+                        }
+                        WasmKind::Component => {
+                            Component::deserialize(&self.engine, artifact).map(Compiled::Component)
+                        }
+                    }
+                };
+                self.program(compiled.ok()?).ok()
+            }),
+        }
+    }
+
+    fn program(&self, compiled: Compiled) -> Result<Program, EngineError> {
+        match compiled {
+            Compiled::Module(m) => Ok(Program::Module(m)),
+            Compiled::Component(c) => {
                 let pre = self
                     .components
-                    .instantiate_pre(&component)
+                    .instantiate_pre(&c)
                     .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
                 CommandPre::new(pre)
                     .map(Program::Component)
                     .map_err(|e| EngineError::Compile(format!("not a WASI command: {e:#}")))
             }
-            None => Err(EngineError::NotWasm),
         }
     }
 
@@ -351,7 +407,21 @@ fn fail(stderr: Option<File>, message: String) -> Exit {
     Exit::Trap(message)
 }
 
-#[derive(Debug, PartialEq, Eq)]
+enum Compiled {
+    Module(Module),
+    Component(Component),
+}
+
+impl Compiled {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Compiled::Module(m) => m.serialize(),
+            Compiled::Component(c) => c.serialize(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WasmKind {
     Module,
     Component,

@@ -2,7 +2,7 @@ use super::*;
 use std::io::Read;
 
 fn engine() -> Engine {
-    Engine::new().expect("engine")
+    Engine::uncached().expect("engine")
 }
 
 fn wat(src: &str) -> Vec<u8> {
@@ -168,4 +168,97 @@ fn tempdir() -> PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+#[test]
+fn second_compile_comes_from_the_cache() {
+    let dir = tempdir();
+    let e = Engine::with_cache_dir(&dir).unwrap();
+    let bytes = wat(EXIT_7);
+    let (_, first) = e.compile_cached(&bytes).unwrap();
+    assert_eq!(first, Outcome::Compiled);
+    // A second shim process on the node: a fresh engine, same directory.
+    let e2 = Engine::with_cache_dir(&dir).unwrap();
+    let (program, second) = e2.compile_cached(&bytes).unwrap();
+    assert_eq!(second, Outcome::Hit);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exit = rt.block_on(e2.run(
+        &program,
+        GuestContext::default(),
+        Arc::new(Meter::default()),
+    ));
+    assert_eq!(exit, Exit::Code(7));
+}
+
+fn cache_entries(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
+#[test]
+fn corrupt_or_foreign_entries_are_recompiled_not_loaded() {
+    use sha2::Digest;
+    let dir = tempdir();
+    let e = Engine::with_cache_dir(&dir).unwrap();
+    let bytes = wat(EXIT_7);
+    e.compile_cached(&bytes).unwrap();
+    let entry = cache_entries(&dir).pop().expect("one entry");
+
+    // Flipped bits in the artifact: the checksum catches it.
+    let mut data = std::fs::read(&entry).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&entry, &data).unwrap();
+    assert_eq!(e.compile_cached(&bytes).unwrap().1, Outcome::Compiled);
+
+    // A well-formed entry whose artifact is not wasmtime's: deserialize refuses it.
+    let junk = b"not a compiled module at all".to_vec();
+    let mut forged = b"WASMPOD1".to_vec();
+    forged.extend_from_slice(&sha2::Sha256::digest(&junk));
+    forged.extend_from_slice(&junk);
+    std::fs::write(&entry, &forged).unwrap();
+    let (program, outcome) = e.compile_cached(&bytes).unwrap();
+    assert_eq!(outcome, Outcome::Compiled);
+    assert_eq!(run_program(&e, &program), Exit::Code(7));
+    assert_eq!(
+        e.compile_cached(&bytes).unwrap().1,
+        Outcome::Hit,
+        "rewritten"
+    );
+}
+
+#[test]
+fn concurrent_starts_compile_once() {
+    let dir = tempdir();
+    let bytes = wat(HELLO);
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.clone();
+                let bytes = bytes.clone();
+                s.spawn(move || {
+                    let e = Engine::with_cache_dir(&dir).unwrap();
+                    e.compile_cached(&bytes).unwrap().1
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let compiled = outcomes.iter().filter(|o| **o == Outcome::Compiled).count();
+    assert_eq!(compiled, 1, "{outcomes:?}");
+}
+
+fn run_program(e: &Engine, program: &Program) -> Exit {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(e.run(program, GuestContext::default(), Arc::new(Meter::default())))
 }

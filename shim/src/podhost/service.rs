@@ -282,11 +282,11 @@ impl Service {
                 describe(&bytes)
             )));
         }
-        let program = self
+        let (program, outcome) = self
             .engine()?
-            .compile(&bytes)
+            .compile_cached(&bytes)
             .map_err(|e| Error::InvalidArgument(format!("module {name}: {e}")))?;
-        tracing::debug!(id, module = %name, kind = program.kind(), "compiled");
+        tracing::debug!(id, module = %name, kind = program.kind(), ?outcome, "module ready");
         let ctx = GuestContext {
             args: spec::args(spec),
             env: spec::env(spec),
