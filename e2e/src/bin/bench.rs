@@ -9,6 +9,8 @@ use wasmpod_e2e::*;
 
 const RUNS: usize = 20;
 const WARMUP: usize = 2;
+/// Idle pods measured together for the memory figure.
+const PODS: usize = 10;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -67,7 +69,7 @@ async fn main() -> Result<()> {
     let (runc_pss, runc_procs) =
         idle_pod_pss(&bed, &mut cri, "runc", sleeper, "containerd-shim-runc-v2").await?;
     println!(
-        "memory (PSS) of one idle pod: wasmtime {:.2} MiB in {wasm_procs} process(es); runc {:.2} MiB in {runc_procs} process(es)",
+        "memory (PSS) per idle pod, {PODS} pods running: wasmtime {:.2} MiB in {wasm_procs} process(es) per pod; runc {:.2} MiB in {runc_procs} process(es) per pod",
         wasm_pss as f64 / 1024.0,
         runc_pss as f64 / 1024.0
     );
@@ -139,8 +141,10 @@ async fn cri_times(
     Ok(times)
 }
 
-/// PSS (KiB) of everything a running idle pod costs on the node: the shim serving it and
-/// the shim's children (pause and the container's processes, for runc).
+/// PSS (KiB) per pod of `PODS` idle pods running at once: the shims serving them and the
+/// shims' children (pause and the container's processes, for runc), divided by the pods.
+/// Shared pages (the shim's code) are split between the pods, as the kernel's PSS does, so
+/// this is what one more pod costs on a node that already runs some.
 async fn idle_pod_pss(
     bed: &Bed,
     cri: &mut Cri,
@@ -148,20 +152,30 @@ async fn idle_pod_pss(
     spec: ContainerSpec,
     shim: &str,
 ) -> Result<(u64, usize)> {
-    let pod = cri.run_pod(bed, "idle", handler).await?;
-    cri.run(&pod, spec).await?;
-    // Let the container settle into its sleep before measuring.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let shim_pid = find_process(shim, &pod.id).with_context(|| format!("no {shim} for pod"))?;
-    let mut pids = vec![shim_pid];
-    let mut i = 0;
-    while i < pids.len() {
-        pids.extend(children(pids[i]));
-        i += 1;
+    let mut pods = Vec::new();
+    for _ in 0..PODS {
+        let pod = cri.run_pod(bed, "idle", handler).await?;
+        cri.run(&pod, spec.clone()).await?;
+        pods.push(pod);
     }
-    let pss = pids.iter().map(|p| pss_kib(*p)).sum();
-    cri.remove_pod(&pod).await?;
-    Ok((pss, pids.len()))
+    // Let the containers settle into their sleep before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut pids = Vec::new();
+    for pod in &pods {
+        let shim_pid = find_process(shim, &pod.id).with_context(|| format!("no {shim} for pod"))?;
+        let first = pids.len();
+        pids.push(shim_pid);
+        let mut i = first;
+        while i < pids.len() {
+            pids.extend(children(pids[i]));
+            i += 1;
+        }
+    }
+    let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
+    for pod in &pods {
+        cri.remove_pod(pod).await?;
+    }
+    Ok((pss / PODS as u64, pids.len() / PODS))
 }
 
 fn find_process(binary: &str, id: &str) -> Option<u32> {
