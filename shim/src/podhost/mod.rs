@@ -39,6 +39,11 @@ impl Shim for PodShim {
         config.no_setup_logger = true;
         // Only the daemon (no action) has containerd reading its log FIFO.
         if args.action.is_empty() {
+            // One malloc arena: the pod's threads allocate little, and every extra arena
+            // keeps megabytes resident per pod.
+            // SAFETY: mallopt only tunes the allocator; called before the daemon's threads
+            // allocate in earnest.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
             if let Err(e) = crate::logger::init(args.debug) {
                 eprintln!("cannot open the shim log: {e}");
             }
