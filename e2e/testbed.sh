@@ -235,6 +235,9 @@ cmd_stop() {
 		fi
 		rm -f "$d/containerd.pid"
 	fi
+	# Parent cgroups of the test pods (runc and wasmpod leave parents, as the kubelet does);
+	# rmdir takes only empty ones.
+	rmdir /sys/fs/cgroup/*/wasmpod-e2e /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/*/default 2>/dev/null || true
 	# Mounts made under this containerd's root and state (snapshots, rootfs, shm), deepest first.
 	{ grep -F " $d/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do
 		umount -l "$m" 2>/dev/null || true

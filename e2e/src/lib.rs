@@ -115,6 +115,17 @@ impl Cri {
 
     /// RunPodSandbox on the host network (no CNI), as a kubelet would for `hostNetwork: true`.
     pub async fn run_pod(&mut self, bed: &Bed, name: &str, handler: &str) -> Result<Pod> {
+        self.run_pod_in(bed, name, handler, "").await
+    }
+
+    /// RunPodSandbox with the given cgroup parent (what the kubelet passes as the pod cgroup).
+    pub async fn run_pod_in(
+        &mut self,
+        bed: &Bed,
+        name: &str,
+        handler: &str,
+        cgroup_parent: &str,
+    ) -> Result<Pod> {
         let uid = unique(name);
         let log_dir = bed.scratch(&format!("logs-{name}"));
         let config = PodSandboxConfig {
@@ -135,6 +146,7 @@ impl Cri {
                     }),
                     ..Default::default()
                 }),
+                cgroup_parent: cgroup_parent.to_string(),
                 ..Default::default()
             }),
             ..Default::default()

@@ -423,3 +423,54 @@ async fn corrupt_compile_cache_entries_are_recompiled() {
     assert_eq!(status.exit_code, 0, "{}", pod.log_text("echo"));
     assert!(pod.log_text("echo").contains("args: b"));
 }
+
+#[tokio::test]
+async fn the_pod_shim_lives_in_the_pod_cgroup() {
+    let (bed, mut cri) = setup().await;
+    let parent = format!("/wasmpod-e2e/{}", unique("pod"));
+    let pod = cri
+        .run_pod_in(&bed, "cgroup", HANDLER, &parent)
+        .await
+        .unwrap();
+    let id = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("sleeper", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    pod.wait_log("sleeper", "sleeping", EXIT_WAIT)
+        .await
+        .unwrap();
+    let shim = shim_processes(&pod.id);
+    assert_eq!(shim.len(), 1);
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", shim[0])).unwrap();
+    let want = format!("{parent}/{}", pod.id);
+    assert!(
+        cgroups.lines().all(|l| l.ends_with(&want)),
+        "every hierarchy puts the shim in {want}:\n{cgroups}"
+    );
+    cri.stop(&id, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
+            .is_empty())
+        .await,
+        "shim still running"
+    );
+    assert_eq!(
+        cgroups_mentioning(&pod.id),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let top = parent
+        .trim_start_matches('/')
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cgroups_mentioning(&top),
+        Vec::<std::path::PathBuf>::new(),
+        "pod cgroup removed"
+    );
+}

@@ -4,6 +4,7 @@
 //! (same `io.kubernetes.cri.sandbox-id`) get the address of the process that already serves the
 //! pod, so the pod costs one process no matter how many containers it has.
 
+mod cgroup;
 mod service;
 pub mod spec;
 

@@ -35,6 +35,7 @@ use containerd_shim::Context;
 use oci_spec::runtime::LinuxResources;
 use tokio::sync::watch;
 
+use super::cgroup::{self, PodCgroup};
 use super::spec;
 use crate::engine::{Engine, Exit, GuestContext, Meter, Program};
 use crate::error::Error;
@@ -105,6 +106,8 @@ struct Inner {
     containers: Mutex<HashMap<String, Container>>,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
+    /// The pod's cgroup, once the shim has joined it.
+    cgroup: Mutex<Option<PodCgroup>>,
 }
 
 impl Service {
@@ -118,6 +121,7 @@ impl Service {
                 containers: Mutex::new(HashMap::new()),
                 publisher,
                 exit,
+                cgroup: Mutex::new(None),
             }),
         }
     }
@@ -238,6 +242,11 @@ impl Service {
             kill: None,
             meter: Arc::new(Meter::new(spec::limits(&spec))),
         };
+        // The process belongs in the cgroup of the pod (or of a standalone container), not
+        // of its app containers, which are no processes of their own.
+        if spec::is_sandbox(&spec) || !spec::in_pod(&spec) {
+            self.join_cgroup(&spec);
+        }
         if spec::is_sandbox(&spec) {
             return Ok(container);
         }
@@ -260,6 +269,23 @@ impl Service {
                 }
                 Err(e)
             }
+        }
+    }
+
+    fn join_cgroup(&self, spec: &oci_spec::runtime::Spec) {
+        let mut slot = self.inner.cgroup.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+            return;
+        };
+        match cgroup::join(&path.to_string_lossy()) {
+            Ok(c) => {
+                tracing::info!(path = %path.display(), "joined the pod cgroup");
+                *slot = Some(c);
+            }
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 
@@ -648,6 +674,15 @@ impl Task for Service {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         // The shim serves the whole pod: it goes only when its last container is deleted.
         if self.containers().is_empty() {
+            if let Some(mut c) = self
+                .inner
+                .cgroup
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                c.leave();
+            }
             self.inner.exit.signal();
         }
         Ok(Empty::new())

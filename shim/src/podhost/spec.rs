@@ -33,6 +33,13 @@ pub fn is_sandbox(spec: &Spec) -> bool {
         .is_some_and(|t| t == "sandbox")
 }
 
+/// Whether the container belongs to a CRI pod (rather than standing alone, as with `ctr run`).
+pub fn in_pod(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SANDBOX_ID))
+}
+
 /// The container's root filesystem on the host.
 pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
     let path = spec

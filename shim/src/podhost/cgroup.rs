@@ -1,0 +1,210 @@
+//! Puts the pod's shim process into the pod's cgroup, so the limits the kubelet sets on the
+//! pod are enforced by the kernel around the engine's own, and per-pod metrics count the
+//! process that really runs the pod.
+//!
+//! The sandbox spec's `linux.cgroupsPath` names the cgroup. The cgroupfs form (a path, e.g.
+//! `/kubepods/burstable/pod<uid>/<sandbox-id>`) is joined in every mounted hierarchy, v1 and
+//! v2; directories the shim creates it removes again when the pod ends, after moving itself
+//! back. The systemd form (`slice:prefix:name`) needs a transient unit from systemd over D-Bus
+//! and is not done yet: the shim then stays where containerd started it, and says so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A cgroup the shim joined, and how to leave it.
+#[derive(Debug)]
+pub struct PodCgroup {
+    /// (hierarchy mount point, cgroup the shim came from).
+    origins: Vec<(PathBuf, String)>,
+    /// Directories created by the shim, parents first.
+    created: Vec<PathBuf>,
+}
+
+/// Joins the cgroup named by `cgroups_path`, or returns why not.
+pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
+    if cgroups_path.contains(':') {
+        return Err(format!(
+            "systemd cgroup path {cgroups_path} is not supported yet; the shim stays in its current cgroup"
+        ));
+    }
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return Err(format!("invalid cgroups path {cgroups_path:?}"));
+    }
+    let own = own_cgroups()?;
+    let mut joined = PodCgroup {
+        origins: Vec::new(),
+        created: Vec::new(),
+    };
+    for (mount, origin) in hierarchies()?.into_iter().filter_map(|(mount, key)| {
+        own.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, path)| (mount, path.clone()))
+    }) {
+        let target = mount.join(rel);
+        let mut missing = Vec::new();
+        let mut dir = target.as_path();
+        while !dir.exists() && dir != mount {
+            missing.push(dir.to_path_buf());
+            dir = dir.parent().unwrap_or(&mount);
+        }
+        if let Err(e) = fs::create_dir_all(&target) {
+            joined.leave();
+            return Err(format!("cannot create {}: {e}", target.display()));
+        }
+        joined.created.extend(missing.iter().rev().cloned());
+        // A new v1 cpuset has no CPUs or memory nodes, and nothing can join it until it
+        // inherits its parent's, as runc does it.
+        for dir in missing.iter().rev() {
+            inherit_cpuset(dir);
+        }
+        if let Err(e) = fs::write(target.join("cgroup.procs"), std::process::id().to_string()) {
+            joined.leave();
+            return Err(format!("cannot join {}: {e}", target.display()));
+        }
+        joined.origins.push((mount, origin));
+    }
+    if joined.origins.is_empty() {
+        return Err("no cgroup hierarchy is mounted".into());
+    }
+    Ok(joined)
+}
+
+impl PodCgroup {
+    /// Moves the shim back where it came from and removes what it created, so nothing of the
+    /// pod stays behind.
+    pub fn leave(&mut self) {
+        let pid = std::process::id().to_string();
+        for (mount, origin) in self.origins.drain(..) {
+            let procs = mount
+                .join(origin.trim_start_matches('/'))
+                .join("cgroup.procs");
+            if let Err(e) = fs::write(&procs, &pid) {
+                tracing::warn!("cannot move back to {}: {e}", procs.display());
+            }
+        }
+        for dir in self.created.drain(..).rev() {
+            match fs::remove_dir(&dir) {
+                // A parent another pod still uses stays, as the kubelet's own parents do.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOTEMPTY)
+                        || e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => tracing::warn!("cannot remove cgroup {}: {e}", dir.display()),
+                Ok(()) => {}
+            }
+        }
+    }
+}
+
+fn inherit_cpuset(dir: &Path) {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let own = dir.join(file);
+        let empty = fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty());
+        if let (true, Some(parent)) = (empty, dir.parent()) {
+            if let Ok(v) = fs::read_to_string(parent.join(file)) {
+                let _ = fs::write(&own, v.trim());
+            }
+        }
+    }
+}
+
+/// The process's cgroups, as (hierarchy key, path): the key is the v1 controller list
+/// (`cpu,cpuacct`, `name=systemd`) or empty for v2.
+fn own_cgroups() -> Result<Vec<(String, String)>, String> {
+    let text =
+        fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    Ok(parse_proc_cgroup(&text))
+}
+
+fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Mounted cgroup hierarchies as (mount point, hierarchy key), from mountinfo.
+fn hierarchies() -> Result<Vec<(PathBuf, String)>, String> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    Ok(parse_mountinfo(&text))
+}
+
+fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // Fields: id parent major:minor root mountpoint options [optional...] - fstype source super
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount = left.split(' ').nth(4).map(Path::new);
+        let mut r = right.split(' ');
+        let (fstype, _source, superopts) = (r.next(), r.next(), r.next().unwrap_or(""));
+        let Some(mount) = mount else { continue };
+        match fstype {
+            Some("cgroup2") => out.push((mount.to_path_buf(), String::new())),
+            Some("cgroup") => {
+                // The hierarchy key in /proc/self/cgroup lists its controllers (or name=).
+                let key: Vec<&str> = superopts
+                    .split(',')
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro")
+                            && !o.starts_with("release_agent")
+                            && *o != "clone_children"
+                            && *o != "noprefix"
+                            && *o != "xattr"
+                    })
+                    .collect();
+                out.push((mount.to_path_buf(), key.join(",")));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hybrid_hierarchies() {
+        let mountinfo = "\
+30 24 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate
+32 30 0:28 / /sys/fs/cgroup/systemd rw shared:10 - cgroup cgroup rw,xattr,name=systemd
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw shared:14 - cgroup cgroup rw,cpu,cpuacct
+36 30 0:32 / /sys/fs/cgroup/memory rw shared:15 - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            parse_mountinfo(mountinfo),
+            vec![
+                (PathBuf::from("/sys/fs/cgroup/unified"), String::new()),
+                (
+                    PathBuf::from("/sys/fs/cgroup/systemd"),
+                    "name=systemd".to_string()
+                ),
+                (
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                    "cpu,cpuacct".to_string()
+                ),
+                (PathBuf::from("/sys/fs/cgroup/memory"), "memory".to_string()),
+            ]
+        );
+        let own = parse_proc_cgroup("12:memory:/a/b\n4:cpu,cpuacct:/a\n1:name=systemd:/x\n0::/y\n");
+        assert_eq!(own[0], ("memory".to_string(), "/a/b".to_string()));
+        assert_eq!(own[3], (String::new(), "/y".to_string()));
+    }
+
+    #[test]
+    fn refuses_systemd_and_escaping_paths() {
+        assert!(join("kubepods.slice:cri-containerd:abc")
+            .unwrap_err()
+            .contains("systemd"));
+        assert!(join("/a/../../etc").is_err());
+        assert!(join("").is_err());
+    }
+}
