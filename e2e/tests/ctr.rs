@@ -114,3 +114,46 @@ async fn task_kill_stops_a_sleeping_guest() {
         "shim outlived its only task"
     );
 }
+
+#[tokio::test]
+async fn stdin_reaches_the_guest() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bed = Bed::from_env();
+    let id = unique("ctr-stdin");
+    let mut child = Command::new(&bed.ctr)
+        .arg("-a")
+        .arg(&bed.socket)
+        .args([
+            "-n",
+            "default",
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            WORKLOADS,
+            &id,
+            "/cat.wasm",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped into the guest\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "piped into the guest\nread 21 bytes\n"
+    );
+}
