@@ -5,8 +5,11 @@
 //! The sandbox spec's `linux.cgroupsPath` names the cgroup. The cgroupfs form (a path, e.g.
 //! `/kubepods/burstable/pod<uid>/<sandbox-id>`) is joined in every mounted hierarchy, v1 and
 //! v2; directories the shim creates it removes again when the pod ends, after moving itself
-//! back. The systemd form (`slice:prefix:name`) needs a transient unit from systemd over D-Bus
-//! and is not done yet: the shim then stays where containerd started it, and says so.
+//! back. The systemd form (`kubepods-burstable-pod<uid>.slice:cri-containerd:<id>`) is turned
+//! into the path systemd gives that unit (`/kubepods.slice/kubepods-burstable.slice/…/
+//! cri-containerd-<id>.scope`) and joined the same way, without asking systemd for a transient
+//! unit over D-Bus: the pod's slice is the kubelet's and already exists, and the scope is the
+//! shim's alone.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,12 +25,12 @@ pub struct PodCgroup {
 
 /// Joins the cgroup named by `cgroups_path`, or returns why not.
 pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
-    if cgroups_path.contains(':') {
-        return Err(format!(
-            "systemd cgroup path {cgroups_path} is not supported yet; the shim stays in its current cgroup"
-        ));
-    }
-    let rel = cgroups_path.trim_start_matches('/');
+    let path = if cgroups_path.contains(':') {
+        systemd_path(cgroups_path)?
+    } else {
+        cgroups_path.to_string()
+    };
+    let rel = path.trim_start_matches('/');
     if rel.is_empty() || rel.split('/').any(|c| c == "..") {
         return Err(format!("invalid cgroups path {cgroups_path:?}"));
     }
@@ -94,6 +97,51 @@ impl PodCgroup {
             }
         }
     }
+}
+
+/// The cgroup path systemd uses for `slice:prefix:name`: the slice expanded into its parents
+/// (`a-b.slice` lives in `a.slice`), then the unit `prefix-name.scope`.
+fn systemd_path(spec: &str) -> Result<String, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [slice, prefix, name] = parts[..] else {
+        return Err(format!(
+            "systemd cgroups path {spec:?} is not slice:prefix:name"
+        ));
+    };
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    let Some(stem) = slice.strip_suffix(".slice") else {
+        return Err(format!("{slice:?} is not a slice name"));
+    };
+    let invalid =
+        |s: &str| s.contains('/') || s.starts_with('-') || s.ends_with('-') || s.contains("--");
+    if stem != "-" && invalid(stem) {
+        return Err(format!("{slice:?} is not a valid slice name"));
+    }
+    let mut path = String::new();
+    if stem != "-" {
+        let mut acc = String::new();
+        for word in stem.split('-') {
+            if !acc.is_empty() {
+                acc.push('-');
+            }
+            acc.push_str(word);
+            path.push('/');
+            path.push_str(&acc);
+            path.push_str(".slice");
+        }
+    }
+    let unit = if name.ends_with(".slice") {
+        name.to_string()
+    } else if prefix.is_empty() {
+        format!("{name}.scope")
+    } else {
+        format!("{prefix}-{name}.scope")
+    };
+    Ok(format!("{path}/{unit}"))
 }
 
 fn inherit_cpuset(dir: &Path) {
@@ -200,11 +248,26 @@ mod tests {
     }
 
     #[test]
-    fn refuses_systemd_and_escaping_paths() {
-        assert!(join("kubepods.slice:cri-containerd:abc")
-            .unwrap_err()
-            .contains("systemd"));
+    fn systemd_paths_expand_like_systemd() {
+        assert_eq!(
+            systemd_path("kubepods-burstable-pod1234.slice:cri-containerd:abc").unwrap(),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abc.scope"
+        );
+        assert_eq!(
+            systemd_path(":cri-containerd:abc").unwrap(),
+            "/system.slice/cri-containerd-abc.scope"
+        );
+        assert_eq!(systemd_path("-.slice:p:n").unwrap(), "/p-n.scope");
+        assert!(systemd_path("kubepods:cri:abc").is_err());
+        assert!(systemd_path("a--b.slice:p:n").is_err());
+        assert!(systemd_path("a:b").is_err());
+    }
+
+    #[test]
+    fn refuses_escaping_paths() {
+        // Only refusals here: a valid path would really move the test process.
         assert!(join("/a/../../etc").is_err());
         assert!(join("").is_err());
+        assert!(join("nota.slice-name:p:n").is_err());
     }
 }
