@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +97,8 @@ pub fn check(text: &str) -> Result<Vec<(String, String)>> {
             ("v1", "ConfigMap") => roundtrip::<ConfigMap>(&v),
             ("v1", "Namespace") => roundtrip::<Namespace>(&v),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => roundtrip::<ClusterRole>(&v),
+            ("rbac.authorization.k8s.io/v1", "Role") => roundtrip::<Role>(&v),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => roundtrip::<RoleBinding>(&v),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 roundtrip::<ClusterRoleBinding>(&v)
             }
