@@ -229,3 +229,41 @@ def test_runtimeclass_subcommand_agrees_with_the_chart():
     (chart,) = [rc for rc in by_kind(objects(render()), "RuntimeClass") if rc["metadata"]["name"] == "wasmtime"]
     for key in ("apiVersion", "kind", "handler", "scheduling", "overhead"):
         assert cli[key] == chart[key], key
+
+
+def test_every_value_is_documented_and_typed():
+    """Each key of values.yaml that the schema describes has a comment right above it, and the
+    schema describes every key (down to free-form maps such as resources)."""
+    import json
+    import re
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack = []  # (indent, key)
+    seen = set()
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [m.group(2)]
+        stack.append((indent, m.group(2)))
+        node = schema
+        for k in path[:-1]:
+            node = node.get("properties", {}).get(k, {})
+        if "properties" not in node:
+            continue  # inside a free-form value (resources, updateStrategy, ...)
+        assert path[-1] in node["properties"], f"values.yaml {'.'.join(path)} is not in the schema"
+        assert node["properties"][path[-1]].get("description"), f"{'.'.join(path)}: no description"
+        prev = next(l for l in reversed(lines[:i]) if l.strip())
+        assert prev.strip().startswith("#"), f"values.yaml {'.'.join(path)} has no comment"
+        seen.add(".".join(path))
+
+    def keys(node, prefix=""):
+        for k, v in node.get("properties", {}).items():
+            yield prefix + k
+            yield from keys(v, prefix + k + ".")
+    missing = set(keys(schema)) - seen
+    # keys the schema allows but values.yaml leaves out on purpose
+    assert missing == set(), f"in the schema but not in values.yaml: {sorted(missing)}"
