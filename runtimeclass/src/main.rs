@@ -26,9 +26,12 @@ Usually run by the Helm chart's DaemonSet (charts/wasmpod) with the host's root 
   helm install wasmpod charts/wasmpod -n wasmpod --create-namespace     # install
   helm upgrade wasmpod charts/wasmpod -n wasmpod                        # upgrade: the shim is
       swapped atomically; containerd is restarted only if its config has to change
-  helm upgrade wasmpod charts/wasmpod -n wasmpod --set installer.uninstallOnStop=true --wait
-  helm uninstall wasmpod -n wasmpod                                     # uninstall: each node's
-      label is removed first, then its original config is restored byte for byte
+  # uninstall: each installer removes its node's label first, then restores containerd's
+  # original config byte for byte, removes the shim and restarts containerd:
+  helm upgrade wasmpod charts/wasmpod -n wasmpod --reuse-values --set installer.uninstallOnStop=true --wait
+  helm upgrade wasmpod charts/wasmpod -n wasmpod --reuse-values --set installer.enabled=false
+  kubectl -n wasmpod wait --for=delete pod -l app.kubernetes.io/component=installer --timeout=300s
+  helm uninstall wasmpod -n wasmpod
 
 Where the config lives (detected under --host-root):
   kind, kubeadm, EKS, AKS  /etc/containerd/config.toml (version 2 = containerd 1.6/1.7,
@@ -39,6 +42,9 @@ Where the config lives (detected under --host-root):
   RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl
   k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in)
   MicroK8s                 /var/snap/microk8s/current/args/containerd-template.toml
+kind: load the image (kind load docker-image) and pin the node image (config version 2 or 3).
+k3s: delete k3s' own `wasmtime` RuntimeClass (or --disable=runtimes) before the chart.
+charts/wasmpod/README.md has the details for each distribution.
 Immutable hosts (Talos, Bottlerocket, Container-Optimized OS) and read-only bin dirs are refused
 with guidance, changing nothing.
 
@@ -192,6 +198,7 @@ impl NodeArgs {
     }
 }
 
+#[tracing::instrument(skip_all)]
 async fn install(args: &NodeArgs, inst: &Installer) -> Result<Option<(KubeNodes, String)>> {
     let report = inst.install().await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -210,6 +217,7 @@ async fn install(args: &NodeArgs, inst: &Installer) -> Result<Option<(KubeNodes,
     Ok(Some((nodes, node)))
 }
 
+#[tracing::instrument(skip_all)]
 async fn uninstall(args: &NodeArgs, inst: &Installer, nodes: Option<&dyn Nodes>) -> Result<()> {
     if !args.skip_label {
         let node = args.node()?;
@@ -224,6 +232,7 @@ async fn uninstall(args: &NodeArgs, inst: &Installer, nodes: Option<&dyn Nodes>)
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 async fn run(args: &NodeArgs, interval: u64, uninstall_on_stop: bool) -> Result<()> {
     let inst = args.installer()?;
     let Some((nodes, node)) = install(args, &inst).await? else {
@@ -269,6 +278,7 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.cmd {

@@ -16,8 +16,10 @@ pub trait Restarter: Send + Sync {
 }
 
 /// `systemctl restart UNIT` on the host. When this process is not in PID 1's mount namespace
-/// (a pod with hostPID), the command runs in PID 1's mount, UTS, IPC, network and PID
-/// namespaces, so it is the host's systemctl talking to the host's systemd.
+/// (a pod with hostPID), the command runs in PID 1's mount, UTS, IPC and network namespaces
+/// (hostPID already shares its PID namespace), so it is the host's systemctl, found on the
+/// host's PATH, talking to the host's systemd. Entering the mount namespace also moves the
+/// child's root and working directory to the host's root.
 pub struct HostSystemd;
 
 fn same_ns(kind: &str) -> bool {
@@ -40,7 +42,7 @@ impl Restarter for HostSystemd {
         );
         let enter = !same_ns("mnt");
         if enter {
-            let fds = ["mnt", "uts", "ipc", "net", "pid"]
+            let fds = ["uts", "ipc", "net", "mnt"]
                 .iter()
                 .map(|k| {
                     let p = format!("/proc/1/ns/{k}");
@@ -114,6 +116,24 @@ impl Restarter for ShellRestarter {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_restarter_runs_the_command_with_the_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("unit");
+        let r = ShellRestarter(format!("printf %s \"$UNIT\" > {}", out.display()));
+        r.restart("k3s-agent").unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "k3s-agent");
+        let e = ShellRestarter("echo boom >&2; exit 3".into())
+            .restart("x")
+            .unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
     }
 }
 
