@@ -315,6 +315,17 @@ impl Installer {
             distro::check_writable(&dir)?;
         }
         let previous = self.read_state()?;
+        if let Some(prev) = &previous {
+            if prev.config != plan.path || prev.bin_dir != self.bin_dir {
+                return Err(Error::Invalid(format!(
+                    "wasmpod is installed with config {} and bin dir {}, and this install would                      use {} and {} (a distribution upgrade, or other flags): run                      `wasmpod-installer uninstall` with the old settings first (nothing was changed)",
+                    prev.config.display(),
+                    prev.bin_dir.display(),
+                    plan.path.display(),
+                    self.bin_dir.display()
+                )));
+            }
+        }
         // A backup that differs from the file, while the file does not carry our runtimes,
         // means the config changed under us: refuse rather than lose the real original.
         if let (Some(bytes), Some(cur)) = (read_opt(&backup)?, &plan.current) {

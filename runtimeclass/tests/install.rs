@@ -495,3 +495,19 @@ fn cli_refusal_exits_nonzero_with_guidance() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn refuses_to_move_an_install_it_would_lose_track_of() {
+    let h = host("plain-v2");
+    let inst = h.installer(Box::new(Recorder::default()));
+    inst.install().await.unwrap();
+    let before = h.snapshot();
+    let mut moved = h.installer(Box::new(Recorder::default()));
+    moved.bin_dir = "/usr/local/bin".into();
+    let e = moved.install().await.unwrap_err();
+    assert!(
+        e.to_string().contains("uninstall` with the old settings"),
+        "{e}"
+    );
+    assert_eq!(h.snapshot(), before);
+}
