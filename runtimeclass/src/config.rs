@@ -63,6 +63,23 @@ pub struct RuntimeSettings {
     pub handlers: Vec<String>,
 }
 
+/// The file's version, which `--config-version` (meant for a missing file) must not contradict.
+pub fn agree(
+    file: ConfigVersion,
+    forced: Option<ConfigVersion>,
+    path: &Path,
+) -> Result<ConfigVersion> {
+    match forced {
+        Some(f) if f != file => Err(Error::Invalid(format!(
+            "{} is config version {}, but --config-version says {} (nothing was changed)",
+            path.display(),
+            file.number(),
+            f.number()
+        ))),
+        _ => Ok(file),
+    }
+}
+
 /// Parses a containerd config (or a TOML template such as MicroK8s').
 pub fn parse(text: &str, path: &Path) -> Result<DocumentMut> {
     text.parse::<DocumentMut>().map_err(|e| Error::Toml {
@@ -257,10 +274,7 @@ pub fn patch_text(
     settings: &RuntimeSettings,
 ) -> Result<(ConfigVersion, String)> {
     let mut doc = parse(text, path)?;
-    let version = match forced {
-        Some(v) => v,
-        None => version(&doc, path)?,
-    };
+    let version = agree(version(&doc, path)?, forced, path)?;
     let mut settings = settings.clone();
     if settings.systemd_cgroup.is_none() {
         settings.systemd_cgroup = systemd_cgroup(&doc, version);

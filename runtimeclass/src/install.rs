@@ -199,10 +199,13 @@ impl Installer {
                     .as_deref()
                     .map(|t| config::parse(t, generated))
                     .transpose()?;
-                let version = match (&gen, self.config_version) {
-                    (_, Some(v)) => v,
-                    (Some(doc), None) => config::version(doc, generated)?,
-                    (None, None) => self.fallback_version(&layout, generated).await?,
+                let version = match &gen {
+                    Some(doc) => config::agree(
+                        config::version(doc, generated)?,
+                        self.config_version,
+                        generated,
+                    )?,
+                    None => self.fallback_version(&layout, generated).await?,
                 };
                 let systemd = gen
                     .as_ref()
@@ -271,10 +274,11 @@ impl Installer {
                     .as_deref()
                     .map(|t| config::parse(t, main))
                     .transpose()?;
-                let version = match (&main_doc, self.config_version) {
-                    (_, Some(v)) => v,
-                    (Some(doc), None) => config::version(doc, main)?,
-                    (None, None) => self.fallback_version(&layout, main).await?,
+                let version = match &main_doc {
+                    Some(doc) => {
+                        config::agree(config::version(doc, main)?, self.config_version, main)?
+                    }
+                    None => self.fallback_version(&layout, main).await?,
                 };
                 let systemd = main_doc
                     .as_ref()

@@ -511,3 +511,14 @@ async fn refuses_to_move_an_install_it_would_lose_track_of() {
     );
     assert_eq!(h.snapshot(), before);
 }
+
+#[tokio::test]
+async fn config_version_flag_must_agree_with_the_file() {
+    let h = host("plain-v2");
+    let before = h.snapshot();
+    let mut inst = h.installer(Box::new(Recorder::default()));
+    inst.config_version = Some(ConfigVersion::V3);
+    let e = inst.install().await.unwrap_err();
+    assert!(e.to_string().contains("--config-version says 3"), "{e}");
+    assert_eq!(h.snapshot(), before);
+}
