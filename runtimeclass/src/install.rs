@@ -519,3 +519,26 @@ pub async fn verify_and_label(
     verify::wait_for_handlers(socket, handlers, timeout).await?;
     nodes.set_ready(node, true).await
 }
+
+/// One check of the running installer: the label follows whether containerd shows the
+/// handlers now (removed when it stops showing them, put back when they return). Returns
+/// whether the node is labeled afterwards.
+#[tracing::instrument(skip(nodes))]
+pub async fn reconcile_label(
+    socket: &Path,
+    handlers: &[String],
+    nodes: &dyn Nodes,
+    node: &str,
+) -> Result<bool> {
+    let want = match verify::check_handlers(socket, handlers).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e, "handlers not verified: the node must not be labeled");
+            false
+        }
+    };
+    if nodes.is_ready(node).await? != want {
+        nodes.set_ready(node, want).await?;
+    }
+    Ok(want)
+}

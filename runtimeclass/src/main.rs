@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use wasmpod_installer::config::ConfigVersion;
-use wasmpod_installer::install::{verify_and_label, Installer};
+use wasmpod_installer::install::{reconcile_label, verify_and_label, Installer};
 use wasmpod_installer::node::{KubeNodes, Nodes};
 use wasmpod_installer::restart::{HostSystemd, Restarter, ShellRestarter};
 use wasmpod_installer::{
@@ -240,26 +240,15 @@ async fn run(args: &NodeArgs, interval: u64, uninstall_on_stop: bool) -> Result<
     };
     let socket = inst.socket(&inst.layout());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut labeled = true;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
         }
-        let ok = verify::check_handlers(&socket, &args.handlers).await;
-        let want = ok.is_ok();
-        if let Err(e) = &ok {
-            warn!(error = %e, "handlers not verified");
+        if let Err(e) = reconcile_label(&socket, &args.handlers, &nodes, &node).await {
+            error!(error = %e, "cannot check or update the node label");
         }
-        let has = nodes.is_ready(&node).await.unwrap_or(labeled);
-        if want != has {
-            if let Err(e) = nodes.set_ready(&node, want).await {
-                error!(error = %e, "cannot update the node label");
-                continue;
-            }
-        }
-        labeled = want;
     }
     info!("stopping: removing the node label");
     if uninstall_on_stop {

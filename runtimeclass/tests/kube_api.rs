@@ -12,7 +12,7 @@ use kube::Client;
 use serde_json::{json, Value};
 use tower_test::mock;
 
-use wasmpod_installer::install::verify_and_label;
+use wasmpod_installer::install::{reconcile_label, verify_and_label};
 use wasmpod_installer::node::{KubeNodes, Nodes};
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
@@ -123,5 +123,56 @@ async fn never_labels_a_node_whose_handlers_are_not_verified() {
     assert!(
         matches!(req, Ok(None) | Err(_)),
         "the API must not be called"
+    );
+}
+
+#[tokio::test]
+async fn the_running_installer_drops_the_label_when_containerd_loses_the_handler() {
+    let (nodes, mut handle) = mock_nodes();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("containerd.sock"); // containerd gone
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::GET);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(node_json(
+                    json!({"wasmpod.dev/wasmtime": "ready"}),
+                )))
+                .unwrap(),
+        );
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::PATCH);
+        assert_eq!(
+            body_json(req).await,
+            json!({"metadata": {"labels": {"wasmpod.dev/wasmtime": null}}})
+        );
+        send.send_response(
+            Response::builder()
+                .body(Body::from(node_json(json!({}))))
+                .unwrap(),
+        );
+        // next round: still unverified, already unlabeled: a GET and no PATCH
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::GET);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(node_json(json!({}))))
+                .unwrap(),
+        );
+        handle
+    });
+    let handlers = ["wasmtime".to_string()];
+    assert!(!reconcile_label(&socket, &handlers, &nodes, "node-a")
+        .await
+        .unwrap());
+    assert!(!reconcile_label(&socket, &handlers, &nodes, "node-a")
+        .await
+        .unwrap());
+    let mut handle = server.await.unwrap();
+    drop(nodes);
+    assert!(
+        handle.next_request().await.is_none(),
+        "no further API calls"
     );
 }
