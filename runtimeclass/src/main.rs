@@ -234,12 +234,17 @@ async fn uninstall(args: &NodeArgs, inst: &Installer, nodes: Option<&dyn Nodes>)
 
 #[tracing::instrument(skip_all)]
 async fn run(args: &NodeArgs, interval: u64, uninstall_on_stop: bool) -> Result<()> {
+    if args.skip_label {
+        bail!("`run` keeps the node label: it cannot run with --skip-label");
+    }
+    // Registered first: as a container's PID 1 this process would otherwise ignore a SIGTERM
+    // that arrives during the install, and be killed only at the end of the grace period.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let inst = args.installer()?;
     let Some((nodes, node)) = install(args, &inst).await? else {
         bail!("`run` keeps the node label: it cannot run with --skip-label");
     };
     let socket = inst.socket(&inst.layout());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
