@@ -98,4 +98,41 @@ grep -q "^version = $CV\$" "$D/absent/config.toml" || fail "config version for a
 "$INSTALLER" uninstall --host-root / --bin-dir "$D/bin2" --state-dir "$D/wasmpod-state2" --no-restart --skip-label >/dev/null 2>&1
 [ ! -e "$D/absent/config.toml" ] || fail "created config not removed"
 echo "ok containerd $V: a missing config is created as version $CV (asked over the CRI) and removed again"
-echo "4 passed, 0 failed"
+# The DaemonSet's mode, `run`, against a stand-in API server (tests/mock_api.py: there is no
+# Kubernetes API server on these machines): install, label only after the CRI check, hold the
+# label, and on SIGTERM remove it (and, with --uninstall-on-stop, restore the config).
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 "$ROOT/runtimeclass/tests/mock_api.py" "$PORT" "$D/api.log" &
+echo $! >"$D/api.pid"
+cleanup_api() { kill "$(cat "$D/api.pid")" 2>/dev/null || true; }
+trap 'cleanup_api; cleanup' EXIT
+cat >"$D/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters: [{name: mock, cluster: {server: "http://127.0.0.1:$PORT"}}]
+users: [{name: u, user: {token: test}}]
+contexts: [{name: c, context: {cluster: mock, user: u}}]
+current-context: c
+YAML
+wait_log() { for _ in $(seq 300); do grep -q "$1" "$D/api.log" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+for mode in keep uninstall; do
+	: >"$D/api.log"
+	extra=(); [ $mode = uninstall ] && extra=(--uninstall-on-stop)
+	KUBECONFIG="$D/kubeconfig" NODE_NAME=node-a "$INSTALLER" run "${args[@]}" --interval 1 "${extra[@]}" 2>"$D/run.err" &
+	rp=$!
+	wait_log '"wasmpod.dev/wasmtime": "ready"' || { cat "$D/run.err"; fail "run did not label the node"; }
+	grep -q '"config_changed"' "$D/run.err" 2>/dev/null || true
+	sleep 2.5 # a few check rounds: the label is held, not re-patched
+	[ "$(grep -c PATCH "$D/api.log")" = 1 ] || fail "label patched more than once while ready"
+	kill -TERM $rp
+	wait $rp || { cat "$D/run.err"; fail "run exited non-zero on SIGTERM"; }
+	tail -1 "$D/api.log" | grep -q '"wasmpod.dev/wasmtime": null' || fail "label not removed on SIGTERM"
+	if [ $mode = keep ]; then
+		grep -q 'runtimes.wasmtime' "$D/config.toml" || fail "config should stay for the next installer pod"
+		echo "ok containerd $V: run labeled the node after the CRI check, held it, unlabeled on SIGTERM, kept the config"
+	else
+		cmp "$D/config.orig" "$D/config.toml" || fail "run --uninstall-on-stop did not restore the config"
+		echo "ok containerd $V: run --uninstall-on-stop unlabeled the node, then restored the config byte for byte"
+	fi
+done
+echo "6 passed, 0 failed"
