@@ -34,9 +34,13 @@ CUSTOM = {
         "architectures": ["amd64"],
         "nodeSelector": {"pool": "wasm"},
         "tolerations": [{"operator": "Exists"}],
-        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 1, "preference": {"matchExpressions": [
-                {"key": "zone", "operator": "In", "values": ["a"]}]}}]}},
+        "affinity": {"nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": [
+                    {"key": "zone", "operator": "In", "values": ["a"]}]}}],
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["wasm"]}]},
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}},
         "priorityClassName": "",
     },
     "serviceAccount": {"name": "wasm-installer"},
@@ -177,7 +181,11 @@ def test_custom_render(tmp_path):
     assert "priorityClassName" not in pod
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     na = pod["affinity"]["nodeAffinity"]
-    assert na["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["amd64"]
+    arch = {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
+    assert na["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["wasm"]}, arch]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}],
+         "matchExpressions": [arch]}]
     assert na["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 1
     assert pod["serviceAccountName"] == "wasm-installer"
     (binding,) = by_kind(objs, "ClusterRoleBinding")
