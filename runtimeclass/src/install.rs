@@ -353,13 +353,15 @@ impl Installer {
             Some(s) if s.config == plan.path => s.original_existed,
             _ => plan.current.is_some(),
         };
-        if config_changed {
-            if original_existed && !backup.exists() {
-                if let Some(cur) = &plan.current {
-                    write_atomic(&backup, cur.as_bytes(), 0o600)?;
-                    info!(backup = %backup.display(), "original config backed up");
-                }
+        // The backup is taken once, even when the config needs no change (it may already carry
+        // the runtimes), so uninstall always has the original to restore.
+        if original_existed && !backup.exists() {
+            if let Some(cur) = &plan.current {
+                write_atomic(&backup, cur.as_bytes(), 0o600)?;
+                info!(backup = %backup.display(), "original config backed up");
             }
+        }
+        if config_changed {
             let mode = std::fs::metadata(&target)
                 .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
                 .unwrap_or(0o644);

@@ -522,3 +522,21 @@ async fn config_version_flag_must_agree_with_the_file() {
     assert!(e.to_string().contains("--config-version says 3"), "{e}");
     assert_eq!(h.snapshot(), before);
 }
+
+#[tokio::test]
+async fn a_config_that_already_has_the_runtimes_is_left_and_restored_as_is() {
+    let h = host("plain-v3");
+    let snippet = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/containerd/config-v3.toml"),
+    )
+    .unwrap();
+    std::fs::write(h.root().join("etc/containerd/config.toml"), &snippet).unwrap();
+    let before = h.snapshot();
+    let rec = Box::new(Recorder::default());
+    let inst = h.installer(rec);
+    let r = inst.install().await.unwrap();
+    assert!(!r.config_changed && r.restarted.is_none(), "{r:?}");
+    let u = inst.uninstall().await.unwrap().unwrap();
+    assert!(!u.config_changed && u.restarted.is_none(), "{u:?}");
+    assert_eq!(h.snapshot(), before);
+}
