@@ -1,0 +1,490 @@
+//! containerd configuration editing: pure functions on strings, parsed and edited with
+//! `toml_edit` so everything we do not touch (comments, layout, order) stays as it was.
+
+use std::path::Path;
+
+use toml_edit::{value, DocumentMut, Item, Table};
+
+use crate::{Error, Result, HANDLERS, RUNTIME_TYPE};
+
+/// The containerd config versions wasmpod writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConfigVersion {
+    /// `version = 2`: containerd 1.6 and 1.7, CRI plugin `io.containerd.grpc.v1.cri`.
+    V2,
+    /// `version = 3`: containerd 2.x, CRI runtime plugin `io.containerd.cri.v1.runtime`.
+    V3,
+}
+
+impl ConfigVersion {
+    pub fn number(self) -> i64 {
+        match self {
+            ConfigVersion::V2 => 2,
+            ConfigVersion::V3 => 3,
+        }
+    }
+
+    pub fn from_number(n: i64) -> Option<Self> {
+        match n {
+            2 => Some(ConfigVersion::V2),
+            3 => Some(ConfigVersion::V3),
+            _ => None,
+        }
+    }
+
+    /// The CRI plugin that holds `containerd.runtimes`.
+    pub fn cri_plugin(self) -> &'static str {
+        match self {
+            ConfigVersion::V2 => "io.containerd.grpc.v1.cri",
+            ConfigVersion::V3 => "io.containerd.cri.v1.runtime",
+        }
+    }
+
+    /// The version containerd `runtime_version` (from CRI `Version`) calls for.
+    pub fn for_containerd(runtime_version: &str) -> Option<Self> {
+        let v = runtime_version.trim_start_matches('v');
+        match v.split('.').next()? {
+            "1" => Some(ConfigVersion::V2),
+            "2" => Some(ConfigVersion::V3),
+            _ => None,
+        }
+    }
+}
+
+/// What to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// Absolute host path of the shim, written as each runtime's `runtime_path`.
+    pub runtime_path: String,
+    /// `SystemdCgroup` for the runtimes' options; `None` leaves it out (containerd's default,
+    /// cgroupfs), as for runc when its options do not say.
+    pub systemd_cgroup: Option<bool>,
+    /// Handlers to register (a subset of [`HANDLERS`]).
+    pub handlers: Vec<String>,
+}
+
+/// The file's version, which `--config-version` (meant for a missing file) must not contradict.
+pub fn agree(
+    file: ConfigVersion,
+    forced: Option<ConfigVersion>,
+    path: &Path,
+) -> Result<ConfigVersion> {
+    match forced {
+        Some(f) if f != file => Err(Error::Invalid(format!(
+            "{} is config version {}, but --config-version says {} (nothing was changed)",
+            path.display(),
+            file.number(),
+            f.number()
+        ))),
+        _ => Ok(file),
+    }
+}
+
+/// Parses a containerd config (or a TOML template such as MicroK8s').
+pub fn parse(text: &str, path: &Path) -> Result<DocumentMut> {
+    text.parse::<DocumentMut>().map_err(|e| Error::Toml {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })
+}
+
+/// The config's `version`. A file without one is version 1, which wasmpod refuses.
+pub fn version(doc: &DocumentMut, path: &Path) -> Result<ConfigVersion> {
+    let unknown = |version: String| Error::UnknownVersion {
+        path: path.to_path_buf(),
+        version,
+    };
+    match doc.get("version") {
+        None => Err(unknown("1 (no `version` key)".into())),
+        Some(item) => match item.as_integer() {
+            Some(n) => ConfigVersion::from_number(n).ok_or_else(|| unknown(n.to_string())),
+            None => Err(unknown(item.to_string().trim().to_string())),
+        },
+    }
+}
+
+fn get_path<'a>(doc: &'a DocumentMut, keys: &[&str]) -> Option<&'a Item> {
+    let mut item = doc.as_item();
+    for k in keys {
+        item = item.get(k)?;
+    }
+    Some(item)
+}
+
+fn runtimes_keys(version: ConfigVersion) -> [&'static str; 4] {
+    ["plugins", version.cri_plugin(), "containerd", "runtimes"]
+}
+
+/// The default runtime's `SystemdCgroup` (runc's, unless `default_runtime_name` names another),
+/// so wasmpod's runtimes follow the kubelet's cgroup driver as runc does.
+pub fn systemd_cgroup(doc: &DocumentMut, version: ConfigVersion) -> Option<bool> {
+    let [p, cri, c, _] = runtimes_keys(version);
+    let default = get_path(doc, &[p, cri, c, "default_runtime_name"])
+        .and_then(|i| i.as_str())
+        .unwrap_or("runc")
+        .to_string();
+    get_path(
+        doc,
+        &[p, cri, c, "runtimes", &default, "options", "SystemdCgroup"],
+    )
+    .and_then(|i| i.as_bool())
+}
+
+/// A registered runtime, as found in a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundRuntime {
+    pub name: String,
+    pub runtime_type: Option<String>,
+    pub runtime_path: Option<String>,
+    /// `options.BinaryName` (what k3s writes for the shims it detects).
+    pub binary_name: Option<String>,
+}
+
+/// The runtimes of the CRI plugin.
+pub fn runtimes(doc: &DocumentMut, version: ConfigVersion) -> Vec<FoundRuntime> {
+    let Some(table) = get_path(doc, &runtimes_keys(version)).and_then(|i| i.as_table_like()) else {
+        return Vec::new();
+    };
+    table
+        .iter()
+        .map(|(name, item)| {
+            let s = |k: &str| item.get(k).and_then(|i| i.as_str()).map(str::to_string);
+            FoundRuntime {
+                name: name.to_string(),
+                runtime_type: s("runtime_type"),
+                runtime_path: s("runtime_path"),
+                binary_name: item
+                    .get("options")
+                    .and_then(|o| o.get("BinaryName"))
+                    .and_then(|i| i.as_str())
+                    .map(str::to_string),
+            }
+        })
+        .collect()
+}
+
+/// Whether every wanted handler is registered with our runtime type and shim path.
+pub fn has_runtimes(doc: &DocumentMut, version: ConfigVersion, settings: &RuntimeSettings) -> bool {
+    let found = runtimes(doc, version);
+    settings.handlers.iter().all(|h| {
+        found.iter().any(|r| {
+            &r.name == h
+                && r.runtime_type.as_deref() == Some(RUNTIME_TYPE)
+                && r.runtime_path.as_deref() == Some(settings.runtime_path.as_str())
+        })
+    })
+}
+
+/// Any runtime of ours (runtime type ours and a handler name of ours) in the document.
+pub fn has_any_wasmpod_runtime(doc: &DocumentMut, version: ConfigVersion) -> bool {
+    runtimes(doc, version).iter().any(|r| {
+        HANDLERS.contains(&r.name.as_str()) && r.runtime_type.as_deref() == Some(RUNTIME_TYPE)
+    })
+}
+
+/// Walks to (creating as implicit tables) `keys` and returns the table there.
+fn table_at<'a>(doc: &'a mut DocumentMut, keys: &[&str], path: &Path) -> Result<&'a mut Table> {
+    let mut table = doc.as_table_mut();
+    for k in keys {
+        let item = table.entry(k).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        table = item
+            .as_table_mut()
+            .ok_or_else(|| Error::UnsupportedTemplate {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "`{k}` is not a standard TOML table (an inline table or a value); \
+                 wasmpod only edits configs whose plugin sections are [tables]"
+                ),
+            })?;
+    }
+    Ok(table)
+}
+
+fn set_if_different(table: &mut Table, key: &str, v: toml_edit::Value) -> bool {
+    let same = match (table.get(key).and_then(|i| i.as_value()), &v) {
+        (Some(toml_edit::Value::String(a)), toml_edit::Value::String(b)) => a.value() == b.value(),
+        (Some(toml_edit::Value::Boolean(a)), toml_edit::Value::Boolean(b)) => {
+            a.value() == b.value()
+        }
+        _ => false,
+    };
+    if !same {
+        table.insert(key, value(v));
+    }
+    !same
+}
+
+/// Adds (or corrects) wasmpod's runtimes in `doc`. Only the runtime tables are touched.
+/// Returns whether anything changed.
+pub fn add_runtimes(
+    doc: &mut DocumentMut,
+    version: ConfigVersion,
+    settings: &RuntimeSettings,
+    path: &Path,
+) -> Result<bool> {
+    let mut changed = false;
+    let runtimes = table_at(doc, &runtimes_keys(version), path)?;
+    for handler in &settings.handlers {
+        let fresh = !runtimes.contains_key(handler);
+        changed |= fresh;
+        let rt = runtimes
+            .entry(handler)
+            .or_insert_with(|| Item::Table(Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| Error::UnsupportedTemplate {
+                path: path.to_path_buf(),
+                reason: format!("runtime `{handler}` is not a [table]"),
+            })?;
+        if fresh {
+            rt.decor_mut().set_prefix(format!(
+                "\n# Added by wasmpod-installer: the `{handler}` runtime handler (RuntimeClass \
+                 `{handler}`).\n"
+            ));
+        }
+        changed |= set_if_different(rt, "runtime_type", RUNTIME_TYPE.into());
+        changed |= set_if_different(rt, "runtime_path", settings.runtime_path.as_str().into());
+        // Both handlers get an options table: containerd hands it to the shim. The isolated
+        // handler uses the same runtime_type; the shim tells the two apart by handler, and
+        // a future shim option for it goes into this table.
+        changed |= !rt.contains_key("options");
+        let opts = rt
+            .entry("options")
+            .or_insert_with(|| Item::Table(Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| Error::UnsupportedTemplate {
+                path: path.to_path_buf(),
+                reason: format!("`{handler}.options` is not a [table]"),
+            })?;
+        if let Some(systemd) = settings.systemd_cgroup {
+            changed |= set_if_different(opts, "SystemdCgroup", systemd.into());
+        }
+    }
+    Ok(changed)
+}
+
+/// The whole new text for an existing config, or `None` when it already has everything.
+pub fn patch_text(
+    text: &str,
+    path: &Path,
+    forced: Option<ConfigVersion>,
+    settings: &RuntimeSettings,
+) -> Result<(ConfigVersion, String)> {
+    let mut doc = parse(text, path)?;
+    let version = agree(version(&doc, path)?, forced, path)?;
+    let mut settings = settings.clone();
+    if settings.systemd_cgroup.is_none() {
+        settings.systemd_cgroup = systemd_cgroup(&doc, version);
+    }
+    if add_runtimes(&mut doc, version, &settings, path)? {
+        Ok((version, doc.to_string()))
+    } else {
+        Ok((version, text.to_string()))
+    }
+}
+
+/// A complete, minimal config holding only wasmpod's runtimes (a new `config.toml`, a k0s
+/// drop-in, the snippets in `deploy/containerd/`).
+pub fn fresh(version: ConfigVersion, settings: &RuntimeSettings, header: &str) -> Result<String> {
+    let mut doc = DocumentMut::new();
+    doc.insert("version", value(version.number()));
+    if !header.is_empty() {
+        doc.decor_mut().set_prefix(header);
+    }
+    add_runtimes(&mut doc, version, settings, Path::new("(new)"))?;
+    Ok(doc.to_string())
+}
+
+/// The runtime tables alone, without `version` (for k3s/RKE2 templates).
+pub fn tables_only(version: ConfigVersion, settings: &RuntimeSettings) -> Result<String> {
+    let text = fresh(version, settings, "")?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with("version ="))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
+        + "\n")
+}
+
+/// Begin/end markers of the block wasmpod manages in a k3s/RKE2 Go template.
+pub const BLOCK_BEGIN: &str =
+    "# BEGIN wasmpod-installer (managed block: edited by install, removed by uninstall)";
+pub const BLOCK_END: &str = "# END wasmpod-installer";
+/// What a k3s/RKE2 template must build on, so it never freezes a stale copy of the base config.
+pub const BASE_TEMPLATE: &str = "{{ template \"base\" . }}";
+
+/// The new text of a k3s/RKE2 `config*.toml.tmpl`. The template is Go text, not TOML, so
+/// wasmpod owns one marked block of TOML tables after `{{ template "base" . }}`; the block's
+/// tables are generated with `toml_edit`.
+pub fn patch_template(
+    current: Option<&str>,
+    path: &Path,
+    version: ConfigVersion,
+    settings: &RuntimeSettings,
+) -> Result<String> {
+    let block = format!(
+        "{BLOCK_BEGIN}\n{}{BLOCK_END}\n",
+        tables_only(version, settings)?
+    );
+    let Some(text) = current else {
+        return Ok(format!("{BASE_TEMPLATE}\n\n{block}"));
+    };
+    let has_base = text.lines().any(|l| {
+        let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+        l.starts_with("{{template\"base\".}}") || l.starts_with("{{-template\"base\".")
+    });
+    if !has_base {
+        return Err(Error::UnsupportedTemplate {
+            path: path.to_path_buf(),
+            reason: format!(
+                "this template does not build on `{BASE_TEMPLATE}`: it is a frozen copy of the \
+                 generated config that goes stale on upgrades (k3s-io/k3s#7992). Rewrite it as \
+                 `{BASE_TEMPLATE}` followed by your additions, then run the installer again"
+            ),
+        });
+    }
+    match (text.find(BLOCK_BEGIN), text.find(BLOCK_END)) {
+        (Some(b), Some(e)) if e > b => {
+            let end = text[e..]
+                .find('\n')
+                .map(|n| e + n + 1)
+                .unwrap_or(text.len());
+            Ok(format!("{}{}{}", &text[..b], block, &text[end..]))
+        }
+        (None, None) => {
+            let sep = if text.ends_with("\n\n") {
+                ""
+            } else if text.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            Ok(format!("{text}{sep}{block}"))
+        }
+        _ => Err(Error::UnsupportedTemplate {
+            path: path.to_path_buf(),
+            reason: "the wasmpod block markers are damaged (one of BEGIN/END is missing)".into(),
+        }),
+    }
+}
+
+/// Whether a template carries wasmpod's block.
+pub fn template_has_block(text: &str) -> bool {
+    text.contains(BLOCK_BEGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RuntimeSettings {
+        RuntimeSettings {
+            runtime_path: "/opt/wasmpod/bin/containerd-shim-wasmtime-v1".into(),
+            systemd_cgroup: None,
+            handlers: HANDLERS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    const V2: &str = r#"# my comment
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"   # keep me
+
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+"#;
+
+    #[test]
+    fn v2_patch_keeps_everything_and_follows_runc() {
+        let (v, out) = patch_text(V2, Path::new("c.toml"), None, &settings()).unwrap();
+        assert_eq!(v, ConfigVersion::V2);
+        assert!(out.starts_with(V2), "original text kept as is:\n{out}");
+        let doc = parse(&out, Path::new("x")).unwrap();
+        assert!(has_runtimes(&doc, v, &settings()));
+        let rts = runtimes(&doc, v);
+        assert_eq!(rts.len(), 3);
+        assert!(
+            out.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]")
+        );
+        assert!(out.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime-isolated.options]\nSystemdCgroup = true"), "{out}");
+        // idempotent
+        let (_, again) = patch_text(&out, Path::new("c.toml"), None, &settings()).unwrap();
+        assert_eq!(again, out);
+    }
+
+    #[test]
+    fn v3_uses_the_runtime_plugin() {
+        let text = "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\nSystemdCgroup = false\n";
+        let (v, out) = patch_text(text, Path::new("c"), None, &settings()).unwrap();
+        assert_eq!(v, ConfigVersion::V3);
+        let doc = parse(&out, Path::new("x")).unwrap();
+        assert_eq!(systemd_cgroup(&doc, v), Some(false));
+        assert!(has_runtimes(&doc, v, &settings()));
+        assert!(out.starts_with(text));
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_bad_toml() {
+        for (text, want) in [
+            ("version = 4\n", "version 4"),
+            ("[plugins]\n", "version 1 (no `version` key)"),
+            ("version = \"2\"\n", "version \"2\""),
+        ] {
+            let e = patch_text(text, Path::new("c"), None, &settings()).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let e =
+            patch_text("version = 2\n[plugins\n", Path::new("c"), None, &settings()).unwrap_err();
+        assert!(matches!(e, Error::Toml { .. }), "{e}");
+    }
+
+    #[test]
+    fn corrects_a_stale_runtime_path() {
+        let (_, out) = patch_text(V2, Path::new("c"), None, &settings()).unwrap();
+        let mut s = settings();
+        s.runtime_path = "/usr/local/bin/containerd-shim-wasmtime-v1".into();
+        let (_, moved) = patch_text(&out, Path::new("c"), None, &s).unwrap();
+        assert!(moved.contains("runtime_path = \"/usr/local/bin/containerd-shim-wasmtime-v1\""));
+        assert!(!moved.contains("/opt/wasmpod"));
+    }
+
+    #[test]
+    fn containerd_versions_map_to_config_versions() {
+        assert_eq!(
+            ConfigVersion::for_containerd("1.7.24"),
+            Some(ConfigVersion::V2)
+        );
+        assert_eq!(
+            ConfigVersion::for_containerd("v2.1.9"),
+            Some(ConfigVersion::V3)
+        );
+        assert_eq!(ConfigVersion::for_containerd("3.0"), None);
+    }
+
+    #[test]
+    fn templates_build_on_base_and_keep_one_block() {
+        let p = Path::new("t");
+        let new = patch_template(None, p, ConfigVersion::V2, &settings()).unwrap();
+        assert!(new.starts_with(BASE_TEMPLATE));
+        assert_eq!(
+            patch_template(Some(&new), p, ConfigVersion::V2, &settings()).unwrap(),
+            new
+        );
+        let user = "{{ template \"base\" . }}\n\n[plugins.\"x\"]\n  a = 1\n";
+        let patched = patch_template(Some(user), p, ConfigVersion::V3, &settings()).unwrap();
+        assert!(patched.starts_with(user));
+        assert!(patched.contains("io.containerd.cri.v1.runtime"));
+        assert_eq!(patched.matches(BLOCK_BEGIN).count(), 1);
+        let e =
+            patch_template(Some("version = 2\n"), p, ConfigVersion::V2, &settings()).unwrap_err();
+        assert!(e.to_string().contains("frozen copy"), "{e}");
+    }
+}

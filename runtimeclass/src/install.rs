@@ -1,0 +1,546 @@
+//! install / uninstall / status: everything is planned (read, parsed, decided) before the
+//! first write, so a refusal changes nothing on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{self, ConfigVersion, RuntimeSettings};
+use crate::distro::{self, Distro, Layout, Target};
+use crate::node::Nodes;
+use crate::restart::Restarter;
+use crate::shim::{self, digest, write_atomic};
+use crate::{host_path, io_err, verify, Error, Result, HANDLER, SHIM_BINARY};
+
+/// Where and how to install.
+pub struct Installer {
+    /// The host's root as the installer sees it (`/host` in the chart's DaemonSet).
+    pub host_root: PathBuf,
+    /// Host path of the shim directory.
+    pub bin_dir: PathBuf,
+    /// Host path of wasmpod's backups and install record.
+    pub state_dir: PathBuf,
+    /// The shim binary to copy (a path as the installer sees it).
+    pub shim_source: PathBuf,
+    /// Host path of containerd's config, skipping distribution detection.
+    pub config_override: Option<PathBuf>,
+    /// The config version to write when the file does not say (or to insist on).
+    pub config_version: Option<ConfigVersion>,
+    /// containerd's socket as the installer sees it; default: the distribution's, under
+    /// the host root.
+    pub socket: Option<PathBuf>,
+    /// The handlers to register.
+    pub handlers: Vec<String>,
+    /// Restart containerd when the config changed.
+    pub restart: bool,
+    pub restarter: Box<dyn Restarter>,
+}
+
+/// What wasmpod changed on a host, kept in `<state-dir>/state.json` for uninstall.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    pub distro: Distro,
+    /// Host path of the file wasmpod edits or owns.
+    pub config: PathBuf,
+    /// Whether the file existed before install (its bytes are in the backup).
+    pub original_existed: bool,
+    /// sha256 of the content wasmpod wrote.
+    pub written_sha256: String,
+    pub bin_dir: PathBuf,
+    pub shim_sha256: String,
+    pub services: Vec<String>,
+    pub handlers: Vec<String>,
+}
+
+/// What `install` or `uninstall` did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub distro: Distro,
+    pub config: PathBuf,
+    pub config_version: Option<ConfigVersion>,
+    pub config_changed: bool,
+    pub shim_changed: bool,
+    pub restarted: Option<String>,
+    pub handlers: Vec<String>,
+}
+
+struct Plan {
+    layout: Layout,
+    path: PathBuf,
+    current: Option<String>,
+    desired: String,
+    version: ConfigVersion,
+    handlers: Vec<String>,
+}
+
+fn read_opt(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+impl Installer {
+    fn hp(&self, p: impl AsRef<Path>) -> PathBuf {
+        host_path(&self.host_root, p)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.hp(self.state_dir.join("state.json"))
+    }
+
+    fn backup_file(&self, config: &Path) -> PathBuf {
+        let name = config
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .replace('/', "%");
+        self.hp(self.state_dir.join("backup").join(name))
+    }
+
+    /// containerd's socket as the installer reaches it.
+    pub fn socket(&self, layout: &Layout) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.hp(&layout.socket))
+    }
+
+    pub fn layout(&self) -> Layout {
+        distro::detect(&self.host_root, self.config_override.as_deref())
+    }
+
+    pub fn read_state(&self) -> Result<Option<State>> {
+        let path = self.state_file();
+        match read_opt(&path)? {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|source| Error::Json {
+                    context: format!("reading {}", path.display()),
+                    source,
+                }),
+        }
+    }
+
+    /// The version to write when no file says: `--config-version`, else containerd's own
+    /// answer over the CRI.
+    async fn fallback_version(&self, layout: &Layout, path: &Path) -> Result<ConfigVersion> {
+        if let Some(v) = self.config_version {
+            return Ok(v);
+        }
+        let socket = self.socket(layout);
+        match verify::containerd_version(&socket).await {
+            Ok(v) => ConfigVersion::for_containerd(&v).ok_or(Error::UnknownVersion {
+                path: path.to_path_buf(),
+                version: format!("for containerd {v}"),
+            }),
+            Err(e) => {
+                warn!(error = %e, "could not ask containerd for its version");
+                Err(Error::VersionUnknown {
+                    path: path.to_path_buf(),
+                })
+            }
+        }
+    }
+
+    fn settings(&self, handlers: Vec<String>, systemd_cgroup: Option<bool>) -> RuntimeSettings {
+        RuntimeSettings {
+            runtime_path: self
+                .bin_dir
+                .join(SHIM_BINARY)
+                .to_string_lossy()
+                .into_owned(),
+            systemd_cgroup,
+            handlers,
+        }
+    }
+
+    /// Reads and decides everything; writes nothing.
+    #[tracing::instrument(skip_all)]
+    async fn plan(&self) -> Result<Plan> {
+        distro::check_mutable(&self.host_root)?;
+        let layout = self.layout();
+        info!(distro = ?layout.distro, target = %layout.target.path().display(), "detected");
+        let mut handlers = self.handlers.clone();
+        match &layout.target {
+            Target::TomlFile(path) => {
+                let current = read_opt(&self.hp(path))?;
+                let (version, desired) = match &current {
+                    Some(text) => {
+                        let s = self.settings(handlers.clone(), None);
+                        config::patch_text(text, path, self.config_version, &s)?
+                    }
+                    None => {
+                        let v = self.fallback_version(&layout, path).await?;
+                        let s = self.settings(handlers.clone(), None);
+                        let header = "# Written by wasmpod-installer: this file did not exist, so \
+                                      containerd ran on its defaults.\n# `wasmpod-installer \
+                                      uninstall` removes it again.\n";
+                        (v, config::fresh(v, &s, header)?)
+                    }
+                };
+                Ok(Plan {
+                    path: path.clone(),
+                    current,
+                    desired,
+                    version,
+                    handlers,
+                    layout,
+                })
+            }
+            Target::Template { path, generated } => {
+                let gen_text = read_opt(&self.hp(generated))?;
+                let gen = gen_text
+                    .as_deref()
+                    .map(|t| config::parse(t, generated))
+                    .transpose()?;
+                let version = match &gen {
+                    Some(doc) => config::agree(
+                        config::version(doc, generated)?,
+                        self.config_version,
+                        generated,
+                    )?,
+                    None => self.fallback_version(&layout, generated).await?,
+                };
+                let systemd = gen
+                    .as_ref()
+                    .and_then(|d| config::systemd_cgroup(d, version));
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                let v2_tmpl = dir.join("config.toml.tmpl");
+                let path = match version {
+                    ConfigVersion::V2 => v2_tmpl,
+                    ConfigVersion::V3 => {
+                        let v3 = dir.join("config-v3.toml.tmpl");
+                        if !self.hp(&v3).exists() && self.hp(&v2_tmpl).exists() {
+                            return Err(Error::UnsupportedTemplate {
+                                path: v2_tmpl,
+                                reason:
+                                    "containerd 2.x reads config-v3.toml.tmpl, and creating it \
+                                         would hide your config.toml.tmpl: move your changes to \
+                                         config-v3.toml.tmpl (built on {{ template \"base\" . }}, \
+                                         config version 3), then run the installer again"
+                                        .into(),
+                            });
+                        }
+                        v3
+                    }
+                };
+                let current = read_opt(&self.hp(&path))?;
+                // k3s/RKE2 create a `wasmtime` handler of their own when they find a
+                // containerd-shim-wasmtime-v1 on their PATH. Ours always has runtime_path.
+                let ours = self
+                    .bin_dir
+                    .join(SHIM_BINARY)
+                    .to_string_lossy()
+                    .into_owned();
+                if let Some(doc) = &gen {
+                    if let Some(theirs) = config::runtimes(doc, version).into_iter().find(|r| {
+                        r.name == HANDLER && r.runtime_path.as_deref() != Some(ours.as_str())
+                    }) {
+                        let binary = theirs
+                            .binary_name
+                            .clone()
+                            .unwrap_or_else(|| format!("{SHIM_BINARY} on k3s's PATH"));
+                        if binary == ours {
+                            info!(binary, "k3s/RKE2 already runs our shim as `wasmtime`: adopting its handler");
+                            handlers.retain(|h| h != HANDLER);
+                        } else {
+                            return Err(Error::K3sHandlerConflict {
+                                path: generated.clone(),
+                                binary,
+                            });
+                        }
+                    }
+                }
+                let s = self.settings(handlers.clone(), systemd);
+                let desired = config::patch_template(current.as_deref(), &path, version, &s)?;
+                Ok(Plan {
+                    path,
+                    current,
+                    desired,
+                    version,
+                    handlers,
+                    layout,
+                })
+            }
+            Target::DropIn { path, main } => {
+                let main_text = read_opt(&self.hp(main))?;
+                let main_doc = main_text
+                    .as_deref()
+                    .map(|t| config::parse(t, main))
+                    .transpose()?;
+                let version = match &main_doc {
+                    Some(doc) => {
+                        config::agree(config::version(doc, main)?, self.config_version, main)?
+                    }
+                    None => self.fallback_version(&layout, main).await?,
+                };
+                let systemd = main_doc
+                    .as_ref()
+                    .and_then(|d| config::systemd_cgroup(d, version));
+                let current = read_opt(&self.hp(path))?;
+                if let Some(c) = &current {
+                    config::parse(c, path)?;
+                }
+                let s = self.settings(handlers.clone(), systemd);
+                let header = "# Written by wasmpod-installer (k0s merges this drop-in into its \
+                              containerd config).\n# `wasmpod-installer uninstall` removes it.\n";
+                let desired = config::fresh(version, &s, header)?;
+                Ok(Plan {
+                    path: path.clone(),
+                    current,
+                    desired,
+                    version,
+                    handlers,
+                    layout,
+                })
+            }
+        }
+    }
+
+    /// Copies the shim, registers the handlers, restarts containerd if the config changed.
+    /// Labeling is separate ([`verify_and_label`]), after this returned.
+    #[tracing::instrument(skip_all, fields(host_root = %self.host_root.display()))]
+    pub async fn install(&self) -> Result<Report> {
+        let plan = self.plan().await?;
+        let target = self.hp(&plan.path);
+        let backup = self.backup_file(&plan.path);
+        let state_dir = self.hp(&self.state_dir);
+        for dir in [
+            self.hp(&self.bin_dir),
+            target.parent().map(Path::to_path_buf).unwrap_or_default(),
+            state_dir.clone(),
+        ] {
+            distro::check_writable(&dir)?;
+        }
+        let previous = self.read_state()?;
+        if let Some(prev) = &previous {
+            if prev.config != plan.path || prev.bin_dir != self.bin_dir {
+                return Err(Error::Invalid(format!(
+                    "wasmpod is installed with config {} and bin dir {}, and this install would                      use {} and {} (a distribution upgrade, or other flags): run                      `wasmpod-installer uninstall` with the old settings first (nothing was changed)",
+                    prev.config.display(),
+                    prev.bin_dir.display(),
+                    plan.path.display(),
+                    self.bin_dir.display()
+                )));
+            }
+        }
+        // A backup that differs from the file, while the file does not carry our runtimes,
+        // means the config changed under us: refuse rather than lose the real original.
+        if let (Some(bytes), Some(cur)) = (read_opt(&backup)?, &plan.current) {
+            let ours = match &plan.layout.target {
+                Target::Template { .. } => config::template_has_block(cur),
+                _ => config::parse(cur, &plan.path)
+                    .map(|d| config::has_any_wasmpod_runtime(&d, plan.version))
+                    .unwrap_or(false),
+            };
+            if &bytes != cur && !ours {
+                return Err(Error::BackupDiffers {
+                    backup,
+                    path: plan.path,
+                });
+            }
+        }
+
+        let shim = shim::install(&self.host_root, &self.bin_dir, &self.shim_source)?;
+        let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
+        let original_existed = match &previous {
+            Some(s) if s.config == plan.path => s.original_existed,
+            _ => plan.current.is_some(),
+        };
+        // The backup is taken once, even when the config needs no change (it may already carry
+        // the runtimes), so uninstall always has the original to restore.
+        if original_existed && !backup.exists() {
+            if let Some(cur) = &plan.current {
+                write_atomic(&backup, cur.as_bytes(), 0o600)?;
+                info!(backup = %backup.display(), "original config backed up");
+            }
+        }
+        if config_changed {
+            let mode = std::fs::metadata(&target)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                .unwrap_or(0o644);
+            write_atomic(&target, plan.desired.as_bytes(), mode)?;
+            info!(config = %plan.path.display(), "containerd config updated");
+        } else {
+            info!(config = %plan.path.display(), "containerd config already has the runtimes");
+        }
+        let state = State {
+            distro: plan.layout.distro,
+            config: plan.path.clone(),
+            original_existed,
+            written_sha256: digest(plan.desired.as_bytes()),
+            bin_dir: self.bin_dir.clone(),
+            shim_sha256: shim.digest.clone(),
+            services: plan.layout.services.clone(),
+            handlers: plan.handlers.clone(),
+        };
+        if previous.as_ref() != Some(&state) {
+            let json = serde_json::to_vec_pretty(&state).map_err(|source| Error::Json {
+                context: "writing the install record".into(),
+                source,
+            })?;
+            write_atomic(&self.state_file(), &json, 0o600)?;
+        }
+        let restarted = self.maybe_restart(config_changed, &plan.layout.services)?;
+        Ok(Report {
+            distro: plan.layout.distro,
+            config: plan.path,
+            config_version: Some(plan.version),
+            config_changed,
+            shim_changed: shim.changed,
+            restarted,
+            handlers: plan.handlers,
+        })
+    }
+
+    fn maybe_restart(&self, changed: bool, services: &[String]) -> Result<Option<String>> {
+        if !changed {
+            info!("config unchanged: containerd not restarted");
+            return Ok(None);
+        }
+        let unit = services
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "containerd".into());
+        if !self.restart {
+            warn!(
+                unit,
+                "config changed but --no-restart: restart it yourself to apply"
+            );
+            return Ok(None);
+        }
+        info!(
+            unit,
+            "config changed: restarting (running pods may be affected on some distributions)"
+        );
+        self.restarter.restart(&unit)?;
+        Ok(Some(unit))
+    }
+
+    /// Restores the config byte for byte (or removes the file wasmpod created), removes the
+    /// shim and the record, and restarts containerd if the config changed. Remove the node
+    /// label before calling this.
+    #[tracing::instrument(skip_all, fields(host_root = %self.host_root.display()))]
+    pub async fn uninstall(&self) -> Result<Option<Report>> {
+        let Some(state) = self.read_state()? else {
+            info!("no install record: nothing to uninstall");
+            return Ok(None);
+        };
+        let target = self.hp(&state.config);
+        let backup = self.backup_file(&state.config);
+        let current = read_opt(&target)?;
+        if let Some(cur) = &current {
+            if digest(cur.as_bytes()) != state.written_sha256 {
+                let keep = target.with_file_name(format!(
+                    "{}.wasmpod-replaced",
+                    target.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                warn!(kept = %keep.display(), "the config was edited after install: restoring the original, the edited file is kept aside");
+                write_atomic(&keep, cur.as_bytes(), 0o600)?;
+            }
+        }
+        let mut changed = false;
+        if state.original_existed {
+            let bytes = std::fs::read(&backup).map_err(io_err(&backup))?;
+            if current.as_deref().map(str::as_bytes) != Some(&bytes[..]) {
+                let mode = std::fs::metadata(&target)
+                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+                    .unwrap_or(0o644);
+                write_atomic(&target, &bytes, mode)?;
+                changed = true;
+            }
+        } else if current.is_some() {
+            std::fs::remove_file(&target).map_err(io_err(&target))?;
+            changed = true;
+        }
+        let shim_changed = shim::remove(&self.host_root, &state.bin_dir)?;
+        let state_dir = self.hp(&self.state_dir);
+        std::fs::remove_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        info!(config = %state.config.display(), "original config restored");
+        let restarted = self.maybe_restart(changed, &state.services)?;
+        Ok(Some(Report {
+            distro: state.distro,
+            config: state.config,
+            config_version: None,
+            config_changed: changed,
+            shim_changed,
+            restarted,
+            handlers: state.handlers,
+        }))
+    }
+
+    /// What is installed, from the record and the files.
+    #[tracing::instrument(skip_all)]
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let layout = self.layout();
+        let state = self.read_state()?;
+        let shim = shim::installed(&self.host_root, &self.bin_dir);
+        let config_path = state
+            .as_ref()
+            .map(|s| s.config.clone())
+            .unwrap_or_else(|| layout.target.path().to_path_buf());
+        let current = read_opt(&self.hp(&config_path))?;
+        let config_matches = match (&state, &current) {
+            (Some(s), Some(c)) => Some(digest(c.as_bytes()) == s.written_sha256),
+            _ => None,
+        };
+        Ok(serde_json::json!({
+            "distro": layout.distro,
+            "config": config_path,
+            "config_exists": current.is_some(),
+            "config_as_installed": config_matches,
+            "installed": state.is_some(),
+            "handlers": state.as_ref().map(|s| s.handlers.clone()).unwrap_or_default(),
+            "shim": shim.map(|d| serde_json::json!({
+                "path": self.bin_dir.join(SHIM_BINARY),
+                "sha256": d,
+            })),
+            "backup": state.as_ref().map(|s| s.original_existed && self.backup_file(&s.config).exists()),
+            "services": layout.services,
+            "socket": self.socket(&layout),
+        }))
+    }
+}
+
+/// Verifies the handlers through containerd's CRI, then labels the node ready. Never labels a
+/// node whose handlers were not verified.
+#[tracing::instrument(skip(nodes))]
+pub async fn verify_and_label(
+    socket: &Path,
+    handlers: &[String],
+    nodes: &dyn Nodes,
+    node: &str,
+    timeout: Duration,
+) -> Result<()> {
+    verify::wait_for_handlers(socket, handlers, timeout).await?;
+    nodes.set_ready(node, true).await
+}
+
+/// One check of the running installer: the label follows whether containerd shows the
+/// handlers now (removed when it stops showing them, put back when they return). Returns
+/// whether the node is labeled afterwards.
+#[tracing::instrument(skip(nodes))]
+pub async fn reconcile_label(
+    socket: &Path,
+    handlers: &[String],
+    nodes: &dyn Nodes,
+    node: &str,
+) -> Result<bool> {
+    let want = match verify::check_handlers(socket, handlers).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e, "handlers not verified: the node must not be labeled");
+            false
+        }
+    };
+    if nodes.is_ready(node).await? != want {
+        nodes.set_ready(node, want).await?;
+    }
+    Ok(want)
+}

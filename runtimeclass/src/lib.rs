@@ -1,0 +1,136 @@
+//! `wasmpod-installer`: puts the wasmpod shim on a Kubernetes node, registers its runtime
+//! handlers in containerd's configuration (the way each distribution keeps it), restarts
+//! containerd only when something changed, verifies the handlers through the CRI and only then
+//! labels the node `wasmpod.dev/wasmtime=ready`. It also renders the RuntimeClass objects.
+//!
+//! Host access goes through traits ([`restart::Restarter`], [`node::Nodes`]) so tests use
+//! doubles; everything that decides what to write is a pure function on strings
+//! ([`config`]).
+
+use std::path::{Path, PathBuf};
+
+pub mod config;
+pub mod distro;
+pub mod install;
+pub mod manifests;
+pub mod node;
+pub mod restart;
+pub mod runtimeclass;
+pub mod shim;
+pub mod verify;
+
+/// The shim binary containerd runs.
+pub const SHIM_BINARY: &str = "containerd-shim-wasmtime-v1";
+/// containerd's `runtime_type` for both handlers.
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
+/// The in-process handler (the default RuntimeClass).
+pub const HANDLER: &str = "wasmtime";
+/// The process-per-container handler.
+pub const HANDLER_ISOLATED: &str = "wasmtime-isolated";
+/// Both handlers, in the order they are written.
+pub const HANDLERS: [&str; 2] = [HANDLER, HANDLER_ISOLATED];
+/// The node label set once the handlers are verified.
+pub const READY_LABEL_KEY: &str = "wasmpod.dev/wasmtime";
+/// Its value.
+pub const READY_LABEL_VALUE: &str = "ready";
+/// Where the shim goes on the host unless `--bin-dir` says otherwise.
+pub const DEFAULT_BIN_DIR: &str = "/opt/wasmpod/bin";
+/// Where backups and the install record go on the host.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/wasmpod";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML, refusing to edit it (nothing was changed): {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error(
+        "{path}: containerd config version {version} is not supported (nothing was changed); \
+         wasmpod understands version 2 (containerd 1.6/1.7) and version 3 (containerd 2.x). \
+         Migrate the file with `containerd config migrate`, or add the runtime by hand \
+         (deploy/containerd/ has snippets)"
+    )]
+    UnknownVersion { path: PathBuf, version: String },
+    #[error(
+        "cannot tell which containerd config version to write for {path} (the file does not \
+         exist and containerd's CRI did not answer): pass --config-version 2 (containerd 1.x) \
+         or 3 (containerd 2.x)"
+    )]
+    VersionUnknown { path: PathBuf },
+    #[error(
+        "{os} is an immutable host: a DaemonSet cannot install a containerd shim on it \
+         (nothing was changed). {guidance}"
+    )]
+    ImmutableHost { os: String, guidance: String },
+    #[error(
+        "{path} is read-only on this host (nothing was changed): {source}. Choose a writable \
+         directory with --bin-dir (and the chart's installer.binDir), or configure the node \
+         image itself"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "backup {backup} differs from {path}, and {path} does not carry wasmpod's runtimes: \
+         the config was changed since the backup was taken. Refusing to overwrite the backup \
+         (nothing was changed); inspect both and remove the backup if {path} is the new original"
+    )]
+    BackupDiffers { backup: PathBuf, path: PathBuf },
+    #[error(
+        "{path}: k3s/RKE2 already configures its own `wasmtime` handler (it found a \
+         containerd-shim-wasmtime-v1 at {binary} on its PATH), and wasmpod will not collide \
+         with it (nothing was changed). Remove that binary and restart k3s/RKE2, or install \
+         wasmpod with --bin-dir set to that binary's directory to adopt the handler"
+    )]
+    K3sHandlerConflict { path: PathBuf, binary: String },
+    #[error("{path}: {reason} (nothing was changed)")]
+    UnsupportedTemplate { path: PathBuf, reason: String },
+    #[error("the shim to install was not found at {0}; pass --shim")]
+    ShimMissing(PathBuf),
+    #[error("restarting containerd with `{command}` failed: {message}")]
+    Restart { command: String, message: String },
+    #[error("containerd's CRI at {address}: {message}")]
+    Cri { address: String, message: String },
+    #[error("the runtime handler(s) {missing:?} are not registered in containerd at {address} (it has {present:?})")]
+    HandlerMissing {
+        address: String,
+        missing: Vec<String>,
+        present: Vec<String>,
+    },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{context}: {source}")]
+    Yaml {
+        context: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches the path to an IO error.
+pub(crate) fn io_err(path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.as_ref().to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// `host_root` joined with an absolute host path.
+pub fn host_path(host_root: &Path, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    host_root.join(path.strip_prefix("/").unwrap_or(path))
+}

@@ -1,0 +1,190 @@
+//! Copies the shim onto the host without ever writing over a running binary: each version
+//! goes into its own directory (`<bin-dir>/.versions/<sha256>/`), written to a temp file and
+//! renamed, and the stable path `<bin-dir>/containerd-shim-wasmtime-v1` is a symlink swapped
+//! atomically. Running shims keep their old file; new pods get the new one; containerd's
+//! config (which names the stable path) does not change on upgrade, so no restart either.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::{host_path, io_err, Error, Result, SHIM_BINARY};
+
+pub const VERSIONS_DIR: &str = ".versions";
+
+/// What `install` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// Host path containerd runs (the symlink).
+    pub path: PathBuf,
+    /// The sha256 of the binary (its version directory's name).
+    pub digest: String,
+    pub changed: bool,
+}
+
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!(
+        ".{}.wasmpod-tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Installs `source` as the shim under the host's `bin_dir`.
+#[tracing::instrument(skip_all, fields(source = %source.display(), bin_dir = %bin_dir.display()))]
+pub fn install(host_root: &Path, bin_dir: &Path, source: &Path) -> Result<Installed> {
+    let bytes = std::fs::read(source).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ShimMissing(source.to_path_buf()),
+        _ => Error::Io {
+            path: source.to_path_buf(),
+            source: e,
+        },
+    })?;
+    let digest = digest(&bytes);
+    let dir = host_path(host_root, bin_dir);
+    let rel = Path::new(VERSIONS_DIR).join(&digest).join(SHIM_BINARY);
+    let versioned = dir.join(&rel);
+    let mut changed = false;
+    if std::fs::read(&versioned)
+        .map(|b| b != bytes)
+        .unwrap_or(true)
+    {
+        write_atomic(&versioned, &bytes, 0o755)?;
+        changed = true;
+    }
+    let link = dir.join(SHIM_BINARY);
+    let previous = std::fs::read_link(&link).ok();
+    if previous.as_deref() != Some(rel.as_path()) {
+        if let Ok(meta) = std::fs::symlink_metadata(&link) {
+            if !meta.file_type().is_symlink() {
+                return Err(Error::Invalid(format!(
+                    "{} exists and is not wasmpod's symlink; move it away or choose another --bin-dir",
+                    link.display()
+                )));
+            }
+        }
+        let tmp = dir.join(format!(
+            ".{SHIM_BINARY}.wasmpod-link-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(io_err(&link))?;
+        changed = true;
+        info!(shim = %link.display(), version = %digest, "shim installed");
+    }
+    prune(&dir, &digest, previous.as_deref());
+    Ok(Installed {
+        path: bin_dir.join(SHIM_BINARY),
+        digest,
+        changed,
+    })
+}
+
+/// Removes version directories other than the current one and the one it replaced (a shim
+/// from it may still run; the kernel keeps a deleted running binary anyway).
+fn prune(dir: &Path, current: &str, previous: Option<&Path>) {
+    let prev = previous
+        .and_then(|p| p.parent())
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if let Ok(entries) = std::fs::read_dir(dir.join(VERSIONS_DIR)) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name != current && name != prev {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The digest of the installed shim, if wasmpod's symlink is there.
+pub fn installed(host_root: &Path, bin_dir: &Path) -> Option<String> {
+    let link = std::fs::read_link(host_path(host_root, bin_dir).join(SHIM_BINARY)).ok()?;
+    Some(link.parent()?.file_name()?.to_str()?.to_string())
+}
+
+/// Removes the symlink and the version directories (and the bin dir, if then empty).
+#[tracing::instrument(skip_all, fields(bin_dir = %bin_dir.display()))]
+pub fn remove(host_root: &Path, bin_dir: &Path) -> Result<bool> {
+    let dir = host_path(host_root, bin_dir);
+    let link = dir.join(SHIM_BINARY);
+    let mut changed = false;
+    if std::fs::symlink_metadata(&link)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
+        std::fs::remove_file(&link).map_err(io_err(&link))?;
+        changed = true;
+    }
+    let versions = dir.join(VERSIONS_DIR);
+    if versions.exists() {
+        std::fs::remove_dir_all(&versions).map_err(io_err(&versions))?;
+        changed = true;
+    }
+    let _ = std::fs::remove_dir(&dir); // only if empty
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_swaps_the_link_and_keeps_the_running_file() {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("src");
+        std::fs::write(&src, b"v1").unwrap();
+        let bin = Path::new("/opt/wasmpod/bin");
+        let a = install(root.path(), bin, &src).unwrap();
+        assert!(a.changed);
+        assert_eq!(
+            a.path,
+            PathBuf::from("/opt/wasmpod/bin/containerd-shim-wasmtime-v1")
+        );
+        let link = host_path(root.path(), &a.path);
+        assert_eq!(std::fs::read(&link).unwrap(), b"v1");
+        // a running shim holds the old file open
+        let old = std::fs::canonicalize(&link).unwrap();
+        assert!(!install(root.path(), bin, &src).unwrap().changed);
+        std::fs::write(&src, b"v2").unwrap();
+        let b = install(root.path(), bin, &src).unwrap();
+        assert!(b.changed);
+        assert_eq!(std::fs::read(&link).unwrap(), b"v2");
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            b"v1",
+            "old version kept, never overwritten"
+        );
+        assert_eq!(installed(root.path(), bin).unwrap(), b.digest);
+        assert!(remove(root.path(), bin).unwrap());
+        assert!(!host_path(root.path(), bin).exists());
+    }
+}
