@@ -62,6 +62,13 @@ impl Shim for PodShim {
             .ok()
             .and_then(|s| s.annotations().as_ref()?.get(spec::SANDBOX_ID).cloned())
             .unwrap_or_else(|| opts.id.clone());
+        // containerd writes the runtime's options to stdin. containerd-shim's spawn would parse
+        // them as runc's options and take a field of another message (the generic options
+        // containerd sends for non-runc runtimes, e.g. `SystemdCgroup = false` from the
+        // installer) as the shim's cgroup. The pod host needs none of them: the cgroup comes
+        // from the sandbox spec. So they are read here and dropped.
+        let mut options = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut options);
         let address = spawn(opts, &grouping, Vec::new()).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
