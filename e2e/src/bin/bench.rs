@@ -51,6 +51,15 @@ async fn main() -> Result<()> {
         median(&runc_cri) / median(&wasm_cri)
     );
 
+    let free = work_ms(&bed, &mut cri, None).await?;
+    let limited = work_ms(&bed, &mut cri, Some(4000)).await?;
+    println!(
+        "CPU-bound guest, median of 5: {:.0} ms without limits, {:.0} ms with a 4-core quota that never binds ({:+.1} % for the quota checks at each epoch tick)",
+        median(&free),
+        median(&limited),
+        (median(&limited) / median(&free) - 1.0) * 100.0
+    );
+
     let (wasm_pss, wasm_procs) = idle_pod_pss(
         &bed,
         &mut cri,
@@ -74,6 +83,30 @@ async fn main() -> Result<()> {
         runc_pss as f64 / 1024.0
     );
     Ok(())
+}
+
+/// Guest-measured run time of `work.wasm`, five runs.
+async fn work_ms(bed: &Bed, cri: &mut Cri, cpu_millis: Option<i64>) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for _ in 0..5 {
+        let mut spec = ContainerSpec::wasm("work", "work.wasm", &["500"]);
+        spec.resources = cpu_millis.map(|m| Resources {
+            memory_bytes: 0,
+            cpu_millis: m,
+        });
+        let pod = cri.run_pod(bed, "work", HANDLER).await?;
+        let id = cri.run(&pod, spec).await?;
+        cri.wait_exited(&id, Duration::from_secs(120)).await?;
+        let log = pod.log_text("work");
+        cri.remove_pod(&pod).await?;
+        let ms: f64 = log
+            .strip_prefix("work: ")
+            .and_then(|l| l.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no timing in {log:?}"))?;
+        out.push(ms);
+    }
+    Ok(out)
 }
 
 fn row(name: &str, ms: &[f64]) {
