@@ -89,7 +89,7 @@ async fn main() -> Result<()> {
 async fn work_ms(bed: &Bed, cri: &mut Cri, cpu_millis: Option<i64>) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for _ in 0..5 {
-        let mut spec = ContainerSpec::wasm("work", "work.wasm", &["500"]);
+        let mut spec = ContainerSpec::wasm("work", "work.wasm", &["3000"]);
         spec.resources = cpu_millis.map(|m| Resources {
             memory_bytes: 0,
             cpu_millis: m,

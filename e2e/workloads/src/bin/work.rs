@@ -6,7 +6,7 @@ fn main() {
     let millions: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(300);
     let start = Instant::now();
     let mut x: u64 = 1;
     for _ in 0..millions {
