@@ -329,7 +329,26 @@ impl Service {
     }
 
     async fn do_start(&self, id: &str) -> Result<u32> {
-        let (prepared, netns, kill_rx, meter) = {
+        let (is_wasm, netns) = {
+            let containers = self.containers();
+            let c = containers
+                .get(id)
+                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            if c.state != State::Created {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} cannot start: it is {:?}",
+                    c.state
+                )));
+            }
+            (matches!(c.kind, Kind::Wasm(_)), c.netns.clone())
+        };
+        // What can fail is done before the container counts as running.
+        let runner = if is_wasm {
+            Some((self.guests(netns.as_deref())?, self.engine()?))
+        } else {
+            None
+        };
+        let (prepared, mut kill_rx, meter) = {
             let mut containers = self.containers();
             let c = containers
                 .get_mut(id)
@@ -343,14 +362,11 @@ impl Service {
             c.state = State::Running;
             let prepared = match &mut c.kind {
                 Kind::Sandbox => None,
-                Kind::Wasm(p) => Some(
-                    p.take()
-                        .ok_or_else(|| Error::Internal(format!("container {id} has no program")))?,
-                ),
+                Kind::Wasm(p) => p.take(),
             };
             let (kill_tx, kill_rx) = watch::channel(None);
             c.kill = Some(kill_tx);
-            (prepared, c.netns.clone(), kill_rx, c.meter.clone())
+            (prepared, kill_rx, c.meter.clone())
         };
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
@@ -361,13 +377,10 @@ impl Service {
             }),
         )
         .await;
-        let Some((program, ctx)) = prepared else {
+        let (Some((program, ctx)), Some((guests, engine))) = (prepared, runner) else {
             return Ok(self.inner.pid);
         };
 
-        let guests = self.guests(netns.as_deref())?;
-        let engine = self.engine()?;
-        let mut kill_rx = kill_rx;
         let service = self.clone();
         let id = id.to_string();
         guests.spawn(async move {
