@@ -99,7 +99,9 @@ contains() {
 	case "$2" in *"$3"*) ok "$1 contains '$3'" ;; *) fail "$1 lacks '$3'; it was: $2" ;; esac
 }
 
+# Teardown removes only what this run created (never a cluster that was there before).
 CLUSTER_CREATED=0
+REGISTRY_STARTED=0
 teardown() {
 	local rc=$?
 	set +e
@@ -113,8 +115,8 @@ teardown() {
 		step "KEEP_CLUSTER=1: leaving cluster $KIND_CLUSTER and $REGISTRY_NAME running"
 	else
 		step "teardown"
-		run kind delete cluster --name "$KIND_CLUSTER"
-		run docker rm -f "$REGISTRY_NAME"
+		[ "$CLUSTER_CREATED" = 0 ] || run kind delete cluster --name "$KIND_CLUSTER"
+		[ "$REGISTRY_STARTED" = 0 ] || run docker rm -f "$REGISTRY_NAME"
 	fi
 	exit "$rc"
 }
@@ -123,6 +125,9 @@ trap teardown EXIT
 for tool in docker kind kubectl helm skopeo cargo python3; do
 	[ "$DRY_RUN" = 1 ] || command -v "$tool" >/dev/null || fail "$tool is needed"
 done
+if [ "$DRY_RUN" = 0 ] && kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
+	fail "a kind cluster named $KIND_CLUSTER exists: delete it or set KIND_CLUSTER"
+fi
 run mkdir -p "$WORK" "$ARTIFACTS"
 cd "$ROOT"
 
@@ -143,6 +148,7 @@ fi
 
 step "start the local registry $REGISTRY_NAME on localhost:$REGISTRY_PORT"
 run docker rm -f "$REGISTRY_NAME"
+REGISTRY_STARTED=1
 run docker run -d --restart=always -p "127.0.0.1:$REGISTRY_PORT:5000" --name "$REGISTRY_NAME" "$REGISTRY_IMAGE"
 run skopeo copy --dest-tls-verify=false "oci-archive:$WORK/workloads.tar:1" "docker://$WASM_IMAGE"
 
