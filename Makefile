@@ -4,9 +4,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: help build release lint unit e2e test demo bench clean installer-test chart-test installer-live installer-image
+.PHONY: kind-test kind-check image chart-lint install deps
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## install what builds and tests need on Debian 12: packages, Wasm targets, containerd 1.7/2.1 (root)
+	bash e2e/testbed.sh install
 
 build: ## debug build of the shim (target/debug/containerd-shim-wasmtime-v1)
 	$(CARGO) build -p wasmpod-shim
@@ -39,7 +43,22 @@ IMAGE ?= wasmpod-installer:dev
 installer-image: ## installer image, multi-arch (needs docker buildx)
 	docker buildx build -f runtimeclass/Dockerfile --platform linux/amd64,linux/arm64 -t $(IMAGE) .
 
-test: lint unit chart-test e2e installer-live ## everything CI runs (root): lint, unit, chart, end-to-end, installer on live containerd
+kind-test: ## kind cluster: images, helm install, Wasm workloads, helm test, uninstall (docker, kind, kubectl, helm, skopeo)
+	bash test-kind/run.sh
+
+kind-check: ## static checks, no Docker: bash -n + shellcheck on all scripts, YAML, kind test dry run
+	bash test-kind/check.sh
+
+image: ## installer image for this machine's architecture, into docker (IMAGE=...)
+	DOCKER_BUILDKIT=1 docker build -f runtimeclass/Dockerfile -t $(IMAGE) .
+
+chart-lint: chart-test ## the chart's lint and render checks (same as chart-test)
+
+install: ## the shim into this node's containerd, without a node label (root)
+	$(CARGO) build --release -p wasmpod-shim -p wasmpod-installer
+	./target/release/wasmpod-installer install --shim target/release/containerd-shim-wasmtime-v1 --skip-label
+
+test: deps lint unit chart-test kind-check e2e installer-live ## everything CI runs (root): lint, unit, chart, static kind checks, end-to-end, installer on live containerd
 
 demo: ## set up the test bed and run a Wasm pod through containerd's CRI (root)
 	bash e2e/demo.sh

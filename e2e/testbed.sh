@@ -18,7 +18,7 @@ SHIM=${WASMPOD_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-v1}
 # containerd versions under test: suite, version, .deb version.
 declare -A SUITE=([1.7]=trixie [2.1]=sid)
 declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
-PACKAGES=(runc protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev)
+PACKAGES=(runc protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }

@@ -7,6 +7,9 @@ set -uo pipefail # no -e: every check runs and is counted
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
+# PyYAML from the chart tests' virtualenv (charts/test.sh creates it), else the system's.
+PY=${WASMPOD_VENV:-/var/tmp/wasmpod-venv}/bin/python
+[ -x "$PY" ] || PY=python3
 passed=0
 failed=0
 
@@ -26,7 +29,7 @@ check() {
 
 # yaml_ok FILE: every document parses (PyYAML); the kind test's files must not be empty.
 yaml_ok() {
-	python3 -c '
+	"$PY" -c '
 import sys, yaml
 with open(sys.argv[1]) as f:
     docs = [d for d in yaml.safe_load_all(f) if d is not None]
@@ -40,7 +43,7 @@ for d in docs:
 
 # k8s_ok FILE: every document names apiVersion, kind and metadata.name.
 k8s_ok() {
-	python3 -c '
+	"$PY" -c '
 import sys, yaml
 for d in yaml.safe_load_all(open(sys.argv[1])):
     if d is None:
@@ -55,7 +58,7 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
 
 # workflow_ok FILE: a GitHub Actions workflow with "on" and jobs that have steps.
 workflow_ok() {
-	python3 -c '
+	"$PY" -c '
 import sys, yaml
 d = yaml.safe_load(open(sys.argv[1]))
 # YAML 1.1 reads the bare key "on" as True.
@@ -73,7 +76,7 @@ for name, job in jobs.items():
 # same_node_image: run.sh's default KIND_NODE_IMAGE is the image in kind-config.yaml.
 same_node_image() {
 	local cfg rs
-	cfg=$(python3 -c '
+	cfg=$("$PY" -c '
 import sys, yaml
 print("\n".join(sorted({n["image"] for n in yaml.safe_load(open(sys.argv[1]))["nodes"]})))
 ' test-kind/kind-config.yaml) || return 1
@@ -119,7 +122,7 @@ dry_run() {
 }
 
 command -v shellcheck >/dev/null || echo "note: shellcheck not installed (apt-get install shellcheck); its checks fail"
-python3 -c 'import yaml' 2>/dev/null || echo "note: PyYAML missing (apt-get install python3-yaml); YAML checks fail"
+"$PY" -c 'import yaml' 2>/dev/null || echo "note: PyYAML missing (run charts/test.sh once, or pip install pyyaml); YAML checks fail"
 
 # Every shellcheck severity for test-kind/ (ours); the other scripts fail only on warnings
 # and errors: their info-level notes (SC2015 "A && B || C", SC2012 "ls | head" in
