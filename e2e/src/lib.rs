@@ -74,6 +74,13 @@ impl Bed {
     }
 }
 
+/// The test containerd and a CRI client on it.
+pub async fn connect() -> (Bed, Cri) {
+    let bed = Bed::from_env();
+    let cri = Cri::connect(&bed.socket).await.expect("CRI connect");
+    (bed, cri)
+}
+
 pub fn unique(name: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);

@@ -7,15 +7,9 @@ use wasmpod_e2e::*;
 
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 
-async fn setup() -> (Bed, Cri) {
-    let bed = Bed::from_env();
-    let cri = Cri::connect(&bed.socket).await.expect("CRI connect");
-    (bed, cri)
-}
-
 /// Runs one container in a fresh pod to its exit; returns the pod (for logs) and status.
 async fn run_to_exit(name: &str, spec: ContainerSpec) -> (Pod, k8s_cri::v1::ContainerStatus) {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri
         .run_pod(&bed, name, HANDLER)
         .await
@@ -170,7 +164,7 @@ async fn trap_gives_nonzero_exit_and_message_on_stderr() {
 /// refused task must fail StartContainer and show in the container status (what
 /// `kubectl describe pod` shows), with nothing left running.
 async fn start_error(name: &str, spec: ContainerSpec) -> String {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri
         .run_pod(&bed, name, HANDLER)
         .await
@@ -234,7 +228,7 @@ async fn native_container_points_to_the_isolated_class() {
 
 #[tokio::test]
 async fn two_containers_share_one_shim_process() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "shared", HANDLER).await.unwrap();
     let sleeper = cri
         .run(
@@ -267,7 +261,7 @@ async fn two_containers_share_one_shim_process() {
 
 #[tokio::test]
 async fn stop_ends_a_sleeping_guest_with_sigterm() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "stop-sleep", HANDLER).await.unwrap();
     let id = cri
         .run(
@@ -295,7 +289,7 @@ async fn stop_ends_a_sleeping_guest_with_sigterm() {
 
 #[tokio::test]
 async fn stop_with_no_grace_kills_a_spinning_guest() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "stop-spin", HANDLER).await.unwrap();
     let id = cri
         .run(&pod, ContainerSpec::wasm("spin", "spin.wasm", &[]))
@@ -310,7 +304,7 @@ async fn stop_with_no_grace_kills_a_spinning_guest() {
 
 #[tokio::test]
 async fn removing_the_pod_leaves_nothing_behind() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "cleanup", HANDLER).await.unwrap();
     let a = cri
         .run(&pod, ContainerSpec::wasm("done", "hello.wasm", &[]))
@@ -359,7 +353,7 @@ async fn removing_the_pod_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn container_stats_come_from_the_engine() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "stats", HANDLER).await.unwrap();
     let id = cri
         .run(&pod, ContainerSpec::wasm("spin", "spin.wasm", &[]))
@@ -426,7 +420,7 @@ async fn corrupt_compile_cache_entries_are_recompiled() {
 
 #[tokio::test]
 async fn the_pod_shim_lives_in_the_pod_cgroup() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let parent = format!("/wasmpod-e2e/{}", unique("pod"));
     let pod = cri
         .run_pod_in(&bed, "cgroup", HANDLER, &parent)

@@ -14,12 +14,6 @@ static CPU: Mutex<()> = Mutex::const_new(());
 const WINDOW: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn setup() -> (Bed, Cri) {
-    let bed = Bed::from_env();
-    let cri = Cri::connect(&bed.socket).await.expect("CRI connect");
-    (bed, cri)
-}
-
 fn limited(
     name: &str,
     module: &str,
@@ -37,7 +31,7 @@ fn limited(
 
 #[tokio::test]
 async fn memory_hog_is_oom_killed_and_its_neighbour_lives_on() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "oom", HANDLER).await.unwrap();
     let neighbour = cri
         .run(
@@ -80,7 +74,7 @@ async fn memory_hog_is_oom_killed_and_its_neighbour_lives_on() {
 
 #[tokio::test]
 async fn memory_within_the_limit_is_fine() {
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "mem-ok", HANDLER).await.unwrap();
     let id = cri
         .run(&pod, limited("fits", "memhog.wasm", &["16"], 32 << 20, 0))
@@ -99,7 +93,7 @@ async fn memory_within_the_limit_is_fine() {
 #[tokio::test]
 async fn cpu_limits_hold_per_container() {
     let _cores = CPU.lock().await;
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "cpu", HANDLER).await.unwrap();
     let a = cri
         .run(&pod, limited("spin200", "spin.wasm", &[], 0, 200))
@@ -135,7 +129,7 @@ async fn cpu_limits_hold_per_container() {
 #[tokio::test]
 async fn unlimited_spinner_gets_a_core() {
     let _cores = CPU.lock().await;
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "cpu-free", HANDLER).await.unwrap();
     let id = cri
         .run(&pod, ContainerSpec::wasm("spin", "spin.wasm", &[]))
@@ -160,7 +154,7 @@ async fn unlimited_spinner_gets_a_core() {
 #[tokio::test]
 async fn resizing_a_running_container_changes_its_cpu() {
     let _cores = CPU.lock().await;
-    let (bed, mut cri) = setup().await;
+    let (bed, mut cri) = connect().await;
     let pod = cri.run_pod(&bed, "resize", HANDLER).await.unwrap();
     let id = cri
         .run(&pod, limited("spin", "spin.wasm", &[], 0, 200))

@@ -331,15 +331,8 @@ impl Service {
     async fn do_start(&self, id: &str) -> Result<u32> {
         let (is_wasm, netns) = {
             let containers = self.containers();
-            let c = containers
-                .get(id)
-                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
-            if c.state != State::Created {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {id} cannot start: it is {:?}",
-                    c.state
-                )));
-            }
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+            startable(id, c)?;
             (matches!(c.kind, Kind::Wasm(_)), c.netns.clone())
         };
         // What can fail is done before the container counts as running.
@@ -350,15 +343,8 @@ impl Service {
         };
         let (prepared, mut kill_rx, meter) = {
             let mut containers = self.containers();
-            let c = containers
-                .get_mut(id)
-                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
-            if c.state != State::Created {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {id} cannot start: it is {:?}",
-                    c.state
-                )));
-            }
+            let c = containers.get_mut(id).ok_or_else(|| not_found(id))?;
+            startable(id, c)?;
             c.state = State::Running;
             let prepared = match &mut c.kind {
                 Kind::Sandbox => None,
@@ -411,9 +397,7 @@ impl Service {
     async fn do_kill(&self, id: &str, signal: u32) -> Result<()> {
         let terminate = {
             let containers = self.containers();
-            let c = containers
-                .get(id)
-                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
             if c.state == State::Stopped {
                 return Err(Error::NotFound(format!(
                     "container {id}: process already finished"
@@ -440,9 +424,7 @@ impl Service {
     async fn do_delete(&self, id: &str) -> Result<DeleteResponse> {
         let c = {
             let mut containers = self.containers();
-            let c = containers
-                .get(id)
-                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
             if c.state == State::Running {
                 return Err(Error::FailedPrecondition(format!(
                     "container {id} is still running; kill it first"
@@ -475,6 +457,22 @@ impl Service {
             exited_at: MessageField::some(timestamp(exited.at)),
             ..Default::default()
         })
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("container {id} not found"))
+}
+
+/// Only a created container can start; asked before and again after the fallible setup.
+fn startable(id: &str, c: &Container) -> Result<()> {
+    if c.state == State::Created {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "container {id} cannot start: it is {:?}",
+            c.state
+        )))
     }
 }
 
@@ -541,9 +539,7 @@ impl Task for Service {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         no_exec(&req.exec_id)?;
         let containers = self.containers();
-        let c = containers
-            .get(&req.id)
-            .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         let exited = c.exited();
         Ok(StateResponse {
             id: req.id.clone(),
@@ -571,9 +567,7 @@ impl Task for Service {
         no_exec(&req.exec_id)?;
         let mut rx = {
             let containers = self.containers();
-            let c = containers
-                .get(&req.id)
-                .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
             c.exit.subscribe()
         };
         let exited = rx
@@ -604,7 +598,7 @@ impl Task for Service {
     #[tracing::instrument(skip_all, fields(id = %req.id))]
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         if !self.containers().contains_key(&req.id) {
-            return Err(Error::NotFound(format!("container {} not found", req.id)).into());
+            return Err(not_found(&req.id).into());
         }
         Ok(PidsResponse {
             processes: vec![ProcessInfo {
@@ -622,9 +616,7 @@ impl Task for Service {
         };
         let usage = {
             let containers = self.containers();
-            let c = containers
-                .get(&req.id)
-                .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
             c.meter.clone()
         };
         let memory = usage.memory_bytes();
@@ -678,9 +670,7 @@ impl Task for Service {
             .map_err(|e| Error::InvalidArgument(format!("cannot parse resources: {e}")))?;
         let limits = spec::resource_limits(&resources);
         let containers = self.containers();
-        let c = containers
-            .get(&req.id)
-            .ok_or_else(|| Error::NotFound(format!("container {} not found", req.id)))?;
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         tracing::info!(?limits, "limits updated");
         c.meter.set_limits(limits);
         Ok(Empty::new())
