@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# The end-to-end test bed: real containerd 1.7 and 2.1, runc, and locally built images.
+# The end-to-end test bed: real containerd 1.7 and 2.1, runc, a registry and locally built
+# images.
 #
-#   e2e/testbed.sh install        packages, containerd .debs (private apt config), Wasm targets
+#   e2e/testbed.sh install        packages, containerd, registry and oras .debs (private apt
+#                                 config, unpacked under the test bed), Wasm targets
 #   e2e/testbed.sh images         pause, busybox and Wasm workload images (OCI archives)
-#   e2e/testbed.sh start 1.7|2.1  start that containerd with the wasmtime handler; prints env
-#   e2e/testbed.sh stop 1.7|2.1   stop it by PID and remove its mounts and state
+#   e2e/testbed.sh start 1.7|2.1  start that containerd with the wasmtime handler and a registry
+#                                 holding the registry images; prints env
+#   e2e/testbed.sh stop 1.7|2.1   stop both by PID and remove their mounts and state
 #
 # Everything lives under $WASMPOD_TESTBED (default /var/tmp/wasmpod-testbed); the system's
-# containerd, apt sources and /etc are never touched. Needs root (mounts, containerd).
+# containerd, apt sources and /etc are never touched. Needs root (mounts, containerd). The
+# registry listens on $WASMPOD_REGISTRY (default 127.0.0.1:5000), plain HTTP.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TB=${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}
 IMAGES=${WASMPOD_IMAGES:-$ROOT/target/e2e-images}
 SHIM=${WASMPOD_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-v1}
+REGISTRY=${WASMPOD_REGISTRY:-127.0.0.1:5000}
 
 # containerd versions under test: suite, version, .deb version.
 declare -A SUITE=([1.7]=trixie [2.1]=sid)
 declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
-PACKAGES=(runc protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
+# Tools unpacked from .debs rather than installed: the registry package would start a
+# system service, and oras is not in bookworm. package=suite:version.
+declare -A TOOLS=([docker-registry]="bookworm:2.8.2+ds1-1" [oras]="trixie:1.2.0-1+b9")
+PACKAGES=(runc curl protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
@@ -40,24 +48,34 @@ apt_private() {
 		-o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" "$@"
 }
 
-fetch_containerd() {
-	local v=$1 dir=$TB/containerd-$1
-	if [ -x "$dir/usr/bin/containerd" ] && [ "$(cat "$dir/.deb" 2>/dev/null)" = "${DEB[$v]}" ]; then
+# Unpacks package=version from Debian's suite into dir (once; the .deb stays cached).
+fetch_deb() {
+	local pkg=$1 version=$2 suite=$3 dir=$4
+	if [ "$(cat "$dir/.deb" 2>/dev/null)" = "$pkg=$version" ]; then
 		return
 	fi
 	local deb
-	deb=$(ls "$TB/debs/containerd_${DEB[$v]}_"*.deb 2>/dev/null | head -n1 || true)
+	deb=$(ls "$TB/debs/${pkg}_${version/*:/}_"*.deb 2>/dev/null | head -n1 || true)
 	if [ -z "$deb" ]; then
-		log "fetching containerd ${DEB[$v]} from Debian ${SUITE[$v]}"
-		apt_private "${SUITE[$v]}" update >/dev/null
+		log "fetching $pkg $version from Debian $suite"
+		apt_private "$suite" update >/dev/null
 		mkdir -p "$TB/debs"
-		(cd "$TB/debs" && apt_private "${SUITE[$v]}" download "containerd=${DEB[$v]}" 2>&1 | grep -v unsandboxed || true)
-		deb=$(ls "$TB/debs/containerd_${DEB[$v]}_"*.deb 2>/dev/null | head -n1 || true)
-		[ -n "$deb" ] || die "containerd ${DEB[$v]} could not be downloaded from Debian ${SUITE[$v]}"
+		(cd "$TB/debs" && apt_private "$suite" download "$pkg=$version" 2>&1 | grep -v unsandboxed || true)
+		deb=$(ls "$TB/debs/${pkg}_${version/*:/}_"*.deb 2>/dev/null | head -n1 || true)
+		[ -n "$deb" ] || die "$pkg $version could not be downloaded from Debian $suite"
 	fi
 	rm -rf "$dir" && mkdir -p "$dir"
 	dpkg-deb -x "$deb" "$dir"
-	echo "${DEB[$v]}" >"$dir/.deb"
+	echo "$pkg=$version" >"$dir/.deb"
+}
+
+fetch_containerd() {
+	fetch_deb containerd "${DEB[$1]}" "${SUITE[$1]}" "$TB/containerd-$1"
+}
+
+fetch_tool() {
+	local spec=${TOOLS[$1]}
+	fetch_deb "$1" "${spec#*:}" "${spec%%:*}" "$TB/tools/$1"
 }
 
 cmd_install() {
@@ -78,6 +96,8 @@ cmd_install() {
 	done
 	fetch_containerd 1.7
 	fetch_containerd 2.1
+	fetch_tool docker-registry
+	fetch_tool oras
 }
 
 cmd_images() {
@@ -102,7 +122,42 @@ cmd_images() {
 		--file "$b/broken.wasm:/broken.wasm" \
 		--file "$b/pause:/native" --file "$b/greeting.txt:/etc/greeting.txt" \
 		--entrypoint /hello.wasm --annotation module.wasm.image/variant=compat
+	registry_images
 	log "images in $IMAGES"
+}
+
+# Images the tests pull from the registry (CRI PullImage), one per way Wasm ships in OCI and
+# one per kind of bad image. Each becomes $REGISTRY/wasmpod/NAME:1.
+registry_images() {
+	local b=$IMAGES/build r=$IMAGES/registry py="python3 $ROOT/e2e/images/ociimage.py"
+	local w=$ROOT/target/wasm32-wasip1/release
+	rm -rf "$r" && mkdir -p "$r"
+	(cd "$ROOT" && cargo build -q --profile wasm-big -p wasmpod-workloads --target wasm32-wasip1 --bin big)
+	cp "$ROOT/target/wasm32-wasip1/wasm-big/big.wasm" "$b/big.wasm"
+	# Wasm OCI artifacts, one per layer media type, and one with several layers.
+	$py --out "$r/hello-artifact.tar" --name wasmpod/hello-artifact:1 --wasm-layer "$w/hello.wasm"
+	$py --out "$r/w3c-artifact.tar" --name wasmpod/w3c-artifact:1 \
+		--wasm-layer "$w/hello.wasm:application/vnd.w3c.wasm.module.v1+wasm"
+	$py --out "$r/component-artifact.tar" --name wasmpod/component-artifact:1 \
+		--wasm-layer "$b/hello-p2.wasm:application/vnd.bytecodealliance.wasm.component.layer.v0+wasm"
+	$py --out "$r/multi-artifact.tar" --name wasmpod/multi-artifact:1 \
+		--wasm-layer "$w/hello.wasm" --wasm-layer "$w/exit.wasm:application/vnd.w3c.wasm.module.v1+wasm"
+	$py --out "$r/big-artifact.tar" --name wasmpod/big-artifact:1 --wasm-layer "$b/big.wasm"
+	# Images with the module in the rootfs: compat-annotated, and the wasi/wasm platform
+	# (a single manifest, and inside an index as multi-platform builds publish it).
+	cp "$IMAGES/workloads.tar" "$r/compat.tar"
+	$py --out "$r/wasi.tar" --name wasmpod/wasi:1 --platform wasi/wasm \
+		--file "$w/hello.wasm:/hello.wasm" --entrypoint /hello.wasm
+	$py --out "$r/wasi-index.tar" --name wasmpod/wasi-index:1 --platform wasi/wasm --image-index \
+		--file "$w/hello.wasm:/hello.wasm" --entrypoint /hello.wasm
+	# Bad images: no Wasm at all, an entrypoint that is not there, a layer that is not Wasm,
+	# and an artifact the tests damage in containerd's content store.
+	cp "$IMAGES/busybox.tar" "$r/native.tar"
+	$py --out "$r/missing-entrypoint.tar" --name wasmpod/missing-entrypoint:1 \
+		--file "$w/hello.wasm:/hello.wasm" --entrypoint /app/missing.wasm \
+		--annotation module.wasm.image/variant=compat
+	$py --out "$r/broken-artifact.tar" --name wasmpod/broken-artifact:1 --wasm-layer "$b/broken.wasm"
+	$py --out "$r/damaged-artifact.tar" --name wasmpod/damaged-artifact:1 --wasm-layer "$w/echo.wasm"
 }
 
 run_dir() { echo "$TB/run/$1"; }
@@ -200,13 +255,56 @@ cmd_start() {
 			ctr_ "$v" -n "$ns" images import --all-platforms "$IMAGES/$img.tar" >/dev/null
 		done
 	done
+	start_registry "$v"
 	cat <<EOF
 export WASMPOD_CONTAINERD_VERSION=$v
 export WASMPOD_CONTAINERD_SOCKET=$d/containerd.sock
 export WASMPOD_CTR=$TB/containerd-$v/usr/bin/ctr
 export WASMPOD_RUN_DIR=$d
 export WASMPOD_CACHE_DIR=$d/cache
+export WASMPOD_REGISTRY=$REGISTRY
 EOF
+}
+
+# A registry for this containerd, filled with the registry images; containerd pulls from it
+# over plain HTTP through its certs.d configuration.
+start_registry() {
+	local v=$1 d reg
+	d=$(run_dir "$v")
+	reg=$d/registry
+	[ -x "$TB/tools/docker-registry/usr/bin/docker-registry" ] || die "no registry: run '$0 install'"
+	[ -d "$IMAGES/registry" ] || die "no registry images in $IMAGES/registry: run '$0 images'"
+	if curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null; then
+		die "something already serves $REGISTRY; stop it or set WASMPOD_REGISTRY=127.0.0.1:PORT"
+	fi
+	mkdir -p "$reg/data" "$d/certs.d/$REGISTRY"
+	cat >"$reg/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $reg/data
+http:
+  addr: $REGISTRY
+EOF
+	printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+		"$REGISTRY" "$REGISTRY" >"$d/certs.d/$REGISTRY/hosts.toml"
+	setsid "$TB/tools/docker-registry/usr/bin/docker-registry" serve "$reg/config.yml" \
+		</dev/null >"$reg/registry.log" 2>&1 &
+	echo $! >"$reg/registry.pid"
+	for _ in $(seq 1 50); do
+		curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null && break
+		kill -0 "$(cat "$reg/registry.pid")" 2>/dev/null || { cat "$reg/registry.log" >&2; die "the registry exited"; }
+		sleep 0.1
+	done
+	local t name
+	for t in "$IMAGES"/registry/*.tar; do
+		name=$(basename "$t" .tar)
+		"$TB/tools/oras/usr/bin/oras" cp --from-oci-layout "$t:1" --to-plain-http \
+			"$REGISTRY/wasmpod/$name:1" >/dev/null || die "cannot push $name to the registry"
+	done
+	log "registry at $REGISTRY with $(ls "$IMAGES"/registry/*.tar | wc -l) images"
 }
 
 cmd_stop() {
@@ -234,6 +332,11 @@ cmd_stop() {
 			kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
 		fi
 		rm -f "$d/containerd.pid"
+	fi
+	if [ -f "$d/registry/registry.pid" ]; then
+		pid=$(cat "$d/registry/registry.pid")
+		kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
+		rm -f "$d/registry/registry.pid"
 	fi
 	# Parent cgroups of the test pods (runc and wasmpod leave parents, as the kubelet does);
 	# rmdir takes only empty ones.

@@ -20,6 +20,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const WORKLOADS: &str = "wasmpod.test/workloads:1";
 pub const BUSYBOX: &str = "wasmpod.test/busybox:1";
 pub const HANDLER: &str = "wasmtime";
+/// How long a test waits for a container that should exit on its own.
+pub const EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// The containerd under test, from the environment `e2e/testbed.sh start` prints.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct Bed {
     pub run_dir: PathBuf,
     /// The shims' compile cache.
     pub cache_dir: PathBuf,
+    /// host:port of the test registry (plain HTTP), holding e2e/testbed.sh's registry images.
+    pub registry: String,
 }
 
 impl Bed {
@@ -47,7 +51,13 @@ impl Bed {
             ctr: var("WASMPOD_CTR").into(),
             run_dir: var("WASMPOD_RUN_DIR").into(),
             cache_dir: var("WASMPOD_CACHE_DIR").into(),
+            registry: var("WASMPOD_REGISTRY"),
         }
+    }
+
+    /// The reference of a registry image (e2e/testbed.sh registry_images).
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/wasmpod/{name}:1", self.registry)
     }
 
     /// Runs `ctr` in the given namespace and returns (exit code, stdout, stderr).
@@ -79,6 +89,48 @@ pub async fn connect() -> (Bed, Cri) {
     let bed = Bed::from_env();
     let cri = Cri::connect(&bed.socket).await.expect("CRI connect");
     (bed, cri)
+}
+
+/// Runs one container in a fresh pod to its exit; returns the pod (for logs) and status.
+pub async fn run_to_exit(name: &str, spec: ContainerSpec) -> (Pod, k8s_cri::v1::ContainerStatus) {
+    let (bed, mut cri) = connect().await;
+    let pod = cri
+        .run_pod(&bed, name, HANDLER)
+        .await
+        .expect("RunPodSandbox");
+    let id = cri.run(&pod, spec).await.expect("create+start");
+    let status = cri.wait_exited(&id, EXIT_WAIT).await.expect("exit");
+    cri.remove_pod(&pod).await.expect("remove pod");
+    (pod, status)
+}
+
+/// CRI creates the containerd task, and so calls the shim's create, in StartContainer. A
+/// refused task must fail StartContainer and show in the container status (what
+/// `kubectl describe pod` shows), with nothing left running.
+pub async fn start_error(name: &str, spec: ContainerSpec) -> String {
+    let (bed, mut cri) = connect().await;
+    let pod = cri
+        .run_pod(&bed, name, HANDLER)
+        .await
+        .expect("RunPodSandbox");
+    let id = cri.create(&pod, spec).await.expect("CreateContainer");
+    let err = cri.start(&id).await.expect_err("StartContainer must fail");
+    let status = cri.status(&id).await.expect("status");
+    assert_eq!(status.reason, "StartError", "{status:?}");
+    assert!(
+        status.message.len() > 20 && format!("{err:#}").contains(&status.message),
+        "the status message is the start error: {status:?} vs {err:#}"
+    );
+    assert_ne!(status.exit_code, 0);
+    cri.remove_pod(&pod).await.expect("remove pod");
+    assert!(
+        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
+            .is_empty())
+        .await,
+        "shim left running after a failed start"
+    );
+    assert_eq!(mounts_mentioning(&id), Vec::<String>::new());
+    status.message
 }
 
 pub fn unique(name: &str) -> String {
@@ -118,6 +170,22 @@ impl Cri {
             images: ImageServiceClient::new(channel),
             poll: Duration::from_millis(20),
         })
+    }
+
+    /// PullImage, as the kubelet does before creating a container; the image reference.
+    pub async fn pull(&mut self, image: &str) -> Result<String> {
+        let resp = self
+            .images
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("PullImage {image}"))?;
+        Ok(resp.into_inner().image_ref)
     }
 
     /// RunPodSandbox on the host network (no CNI), as a kubelet would for `hostNetwork: true`.
@@ -531,6 +599,12 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The hex sha256 of bytes, as in OCI digests and containerd's content store paths.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! wasmpod's containerd shim: the engine (wasmtime, knows nothing of containerd) and the pod
-//! host (containerd's task API, one process per pod).
+//! wasmpod's containerd shim: the engine (wasmtime, knows nothing of containerd), image
+//! handling (where a container's module comes from) and the pod host (containerd's task API,
+//! one process per pod).
 
 pub mod engine;
 pub mod error;
+pub mod image;
 pub mod logger;
 pub mod podhost;

@@ -26,6 +26,8 @@ pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
 
 pub struct PodShim {
     namespace: String,
+    /// containerd's API socket, for reading Wasm artifacts from its content store.
+    address: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -51,6 +53,7 @@ impl Shim for PodShim {
         }
         PodShim {
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -97,6 +100,6 @@ impl Shim for PodShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service::new(&self.namespace, publisher, self.exit.clone())
+        Service::new(&self.namespace, &self.address, publisher, self.exit.clone())
     }
 }

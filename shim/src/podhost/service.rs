@@ -39,6 +39,7 @@ use super::cgroup::{self, PodCgroup};
 use super::spec;
 use crate::engine::{Engine, Exit, GuestContext, Meter, Program};
 use crate::error::Error;
+use crate::image::{Containerd, ImageError};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -100,6 +101,7 @@ pub struct Service {
 
 struct Inner {
     namespace: String,
+    containerd: Containerd,
     pid: u32,
     engine: OnceLock<std::result::Result<Arc<Engine>, String>>,
     guests: OnceLock<tokio::runtime::Handle>,
@@ -111,10 +113,16 @@ struct Inner {
 }
 
 impl Service {
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        namespace: &str,
+        address: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         Service {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
+                containerd: Containerd::new(Path::new(address), namespace),
                 pid: std::process::id(),
                 engine: OnceLock::new(),
                 guests: OnceLock::new(),
@@ -223,7 +231,7 @@ impl Service {
         .await;
     }
 
-    fn do_create(&self, req: &CreateTaskRequest) -> Result<Container> {
+    async fn do_create(&self, req: &CreateTaskRequest) -> Result<Container> {
         if req.terminal {
             return Err(Error::InvalidArgument(
                 "a terminal (tty: true) is not supported for Wasm containers".into(),
@@ -260,7 +268,7 @@ impl Service {
             container.mounted_rootfs = Some(rootfs.clone());
         }
         // From here on, a failure must not leave the mount behind.
-        let prepared = self.prepare(&req.id, &spec, &rootfs, req);
+        let prepared = self.prepare(&req.id, &spec, &rootfs, req).await;
         match prepared {
             Ok(p) => {
                 container.kind = Kind::Wasm(Some(p));
@@ -292,25 +300,14 @@ impl Service {
         }
     }
 
-    fn prepare(
+    async fn prepare(
         &self,
         id: &str,
         spec: &oci_spec::runtime::Spec,
         rootfs: &Path,
         req: &CreateTaskRequest,
     ) -> Result<(Program, GuestContext)> {
-        let (name, path) = spec::module_path(spec, rootfs)?;
-        let bytes = std::fs::read(&path).map_err(|e| {
-            Error::InvalidArgument(format!("cannot read module {name} from the image: {e}"))
-        })?;
-        if crate::engine::wasm_kind(&bytes).is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "{name} is not a WebAssembly module ({}); the wasmtime runtime \
-                 class runs only Wasm, use runtimeClassName: wasmtime-isolated for pods with \
-                 native containers",
-                describe(&bytes)
-            )));
-        }
+        let (name, bytes) = self.module(id, spec, rootfs).await?;
         let (program, outcome) = self
             .engine()?
             .compile_cached(&bytes)
@@ -326,6 +323,72 @@ impl Service {
             preopens: spec::preopens(spec, rootfs),
         };
         Ok((program, ctx))
+    }
+
+    /// The module to run and its name for messages. A file named by the command in the rootfs
+    /// (compat and wasi/wasm images) is read without asking containerd anything; only when
+    /// there is no such file is the image asked whether it is a Wasm artifact, whose module is
+    /// a layer in containerd's content store.
+    async fn module(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &Path,
+    ) -> Result<(String, Vec<u8>)> {
+        let missing = match spec::module_path(spec, rootfs) {
+            Ok((name, path)) => match std::fs::read(&path) {
+                Ok(bytes) if crate::engine::wasm_kind(&bytes).is_some() => {
+                    return Ok((name, bytes))
+                }
+                Ok(bytes) => {
+                    let image = self.image_name(id, spec).await;
+                    return Err(Error::InvalidArgument(format!(
+                        "image {image} has no Wasm module: {name} is not a WebAssembly module \
+                         ({}); the wasmtime runtime class runs only Wasm, use \
+                         runtimeClassName: wasmtime-isolated for pods with native containers",
+                        describe(&bytes)
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!("{name} does not exist in the image")
+                }
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot read module {name} from the image: {e}"
+                    )))
+                }
+            },
+            Err(e) => e.to_string(),
+        };
+        let image = self.image_name(id, spec).await;
+        let command = spec::args(spec).into_iter().next().unwrap_or_default();
+        match self.inner.containerd.artifact_layer(&image, &command).await {
+            Ok(Some(layer)) => Ok((layer.name, layer.bytes)),
+            Ok(None) => Err(Error::InvalidArgument(format!(
+                "image {image} has no Wasm module: {missing}"
+            ))),
+            Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(m)),
+            Err(e) => Err(Error::Internal(format!(
+                "image {image}: {missing}, and asking containerd whether the image is a Wasm \
+                 artifact failed: {e}"
+            ))),
+        }
+    }
+
+    /// The container's image name for messages and content lookups: CRI puts it in an
+    /// annotation; for other clients (`ctr run`) containerd knows it.
+    async fn image_name(&self, id: &str, spec: &oci_spec::runtime::Spec) -> String {
+        if let Some(name) = spec::image_name(spec) {
+            return name;
+        }
+        match self.inner.containerd.image_of(id).await {
+            Ok(name) if !name.is_empty() => name,
+            Ok(_) => format!("of container {id}"),
+            Err(e) => {
+                tracing::warn!("cannot look up the image of {id}: {e}");
+                format!("of container {id}")
+            }
+        }
     }
 
     async fn do_start(&self, id: &str) -> Result<u32> {
@@ -499,6 +562,7 @@ impl Task for Service {
         }
         let container = self
             .do_create(&req)
+            .await
             .inspect_err(|e| tracing::warn!("create failed: {e}"))?;
         self.containers().insert(req.id.clone(), container);
         self.publish(

@@ -14,6 +14,9 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The annotation CRI uses to group a pod's containers into one shim.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
+/// The annotation CRI sets to the image a container was created from.
+pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+
 /// Mount types that describe kernel filesystems rather than data a guest can read.
 const KERNEL_MOUNTS: &[&str] = &[
     "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm",
@@ -24,6 +27,15 @@ pub fn load(bundle: &Path) -> Result<Spec, Error> {
     Spec::load(&path).map_err(|e| {
         Error::InvalidArgument(format!("cannot read OCI spec {}: {e}", path.display()))
     })
+}
+
+/// The image a CRI container was created from.
+pub fn image_name(spec: &Spec) -> Option<String> {
+    spec.annotations()
+        .as_ref()?
+        .get(IMAGE_NAME)
+        .filter(|n| !n.is_empty())
+        .cloned()
 }
 
 pub fn is_sandbox(spec: &Spec) -> bool {

@@ -1,0 +1,307 @@
+//! Where a container's Wasm module comes from. Images that carry the module as a file
+//! (`module.wasm.image/variant=compat` images, `wasi/wasm` platform images) have it in the
+//! container's rootfs, read by the pod host. Wasm OCI artifacts have no filesystem at all: their
+//! module is a layer in containerd's content store, read here through containerd's API.
+
+pub mod artifact;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ReadContentRequest};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use sha2::{Digest as _, Sha256};
+use tonic::transport::Channel;
+use tonic::Request;
+
+/// How long one lookup in containerd may take before the container fails to start, rather
+/// than hanging its StartContainer.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Manifests and indexes are small; a larger "manifest" is not one.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// containerd could not be asked (the socket, a timeout, an API error).
+    #[error("containerd at {address}: {message}")]
+    Containerd { address: String, message: String },
+    /// What the image holds cannot be run.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// containerd's API, as the shim was told to reach it (`-address`, `-namespace`).
+#[derive(Debug, Clone)]
+pub struct Containerd {
+    address: PathBuf,
+    namespace: String,
+}
+
+/// The module a Wasm artifact runs.
+#[derive(Debug)]
+pub struct Layer {
+    /// The layer's title or digest, for messages.
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Containerd {
+    pub fn new(address: &Path, namespace: &str) -> Self {
+        Containerd {
+            address: address.to_path_buf(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> ImageError {
+        ImageError::Containerd {
+            address: self.address.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        if let Ok(ns) = self.namespace.parse() {
+            req.metadata_mut().insert("containerd-namespace", ns);
+        }
+        req
+    }
+
+    async fn channel(&self) -> Result<Channel, ImageError> {
+        containerd_client::connect(&self.address)
+            .await
+            .map_err(|e| self.error(format!("cannot connect: {e}")))
+    }
+
+    /// The image containerd recorded for a container (what `ctr run` or CRI created it from).
+    #[tracing::instrument(skip(self))]
+    pub async fn image_of(&self, container: &str) -> Result<String, ImageError> {
+        let lookup = async {
+            let mut client = ContainersClient::new(self.channel().await?);
+            let resp = client
+                .get(self.request(GetContainerRequest {
+                    id: container.to_string(),
+                }))
+                .await
+                .map_err(|s| self.error(format!("container {container}: {}", s.message())))?;
+            Ok(resp
+                .into_inner()
+                .container
+                .map(|c| c.image)
+                .unwrap_or_default())
+        };
+        self.timed(lookup).await
+    }
+
+    /// The module of a Wasm artifact: `None` when the image is an ordinary container image
+    /// (its module, if any, is a file in the rootfs). `command` chooses among several layers.
+    #[tracing::instrument(skip(self))]
+    pub async fn artifact_layer(
+        &self,
+        image: &str,
+        command: &str,
+    ) -> Result<Option<Layer>, ImageError> {
+        self.timed(self.artifact_layer_inner(image, command)).await
+    }
+
+    async fn artifact_layer_inner(
+        &self,
+        image: &str,
+        command: &str,
+    ) -> Result<Option<Layer>, ImageError> {
+        let channel = self.channel().await?;
+        let target = ImagesClient::new(channel.clone())
+            .get(self.request(GetImageRequest {
+                name: image.to_string(),
+            }))
+            .await
+            .map_err(|s| self.error(format!("image {image}: {}", s.message())))?
+            .into_inner()
+            .image
+            .and_then(|i| i.target)
+            .ok_or_else(|| self.error(format!("image {image} has no target")))?;
+        let mut content = ContentClient::new(channel);
+        let mut digest = target.digest;
+        let mut media_type = target.media_type;
+        if is_index(&media_type) {
+            let bytes = self.read(&mut content, &digest, MAX_MANIFEST).await?;
+            let index = ImageIndex::from_reader(bytes.as_slice())
+                .map_err(|e| ImageError::Invalid(format!("image {image}: bad index: {e}")))?;
+            let chosen = choose_manifest(&index).ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "image {image}: its index has no manifest for wasm or this node's platform"
+                ))
+            })?;
+            digest = chosen.digest().to_string();
+            media_type = chosen.media_type().to_string();
+        }
+        if is_index(&media_type) {
+            return Err(ImageError::Invalid(format!(
+                "image {image}: nested indexes are not supported"
+            )));
+        }
+        let bytes = self.read(&mut content, &digest, MAX_MANIFEST).await?;
+        let manifest = ImageManifest::from_reader(bytes.as_slice())
+            .map_err(|e| ImageError::Invalid(format!("image {image}: bad manifest: {e}")))?;
+        if !artifact::is_artifact(&manifest) {
+            return Ok(None);
+        }
+        let layer = artifact::choose(&manifest, command)
+            .map_err(|e| ImageError::Invalid(format!("image {image}: {e}")))?;
+        let bytes = self.read_verified(&mut content, layer).await?;
+        Ok(Some(Layer {
+            name: artifact::layer_name(layer),
+            bytes,
+        }))
+    }
+
+    async fn timed<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ImageError>>,
+    ) -> Result<T, ImageError> {
+        tokio::time::timeout(TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| Err(self.error(format!("no answer within {TIMEOUT:?}"))))
+    }
+
+    async fn read(
+        &self,
+        content: &mut ContentClient<Channel>,
+        digest: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, ImageError> {
+        let mut stream = content
+            .read(self.request(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .map_err(|s| self.error(format!("reading {digest}: {}", s.message())))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| self.error(format!("reading {digest}: {}", s.message())))?
+        {
+            out.extend_from_slice(&chunk.data);
+            if out.len() as u64 > max {
+                return Err(ImageError::Invalid(format!(
+                    "{digest} is larger than {max} bytes"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a layer and checks it against its descriptor: the content store's files can be
+    /// damaged after the pull verified them, and a module that is not the image's must never
+    /// run.
+    async fn read_verified(
+        &self,
+        content: &mut ContentClient<Channel>,
+        layer: &Descriptor,
+    ) -> Result<Vec<u8>, ImageError> {
+        let digest = layer.digest().to_string();
+        let bytes = self.read(content, &digest, layer.size()).await?;
+        verify(&digest, layer.size(), &bytes).map_err(|e| {
+            ImageError::Invalid(format!("layer {}: {e}", artifact::layer_name(layer)))
+        })?;
+        Ok(bytes)
+    }
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.index.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+/// Checks bytes against a descriptor's digest and size.
+pub fn verify(digest: &str, size: u64, bytes: &[u8]) -> Result<(), String> {
+    let Some(hex) = digest.strip_prefix("sha256:") else {
+        return Err(format!(
+            "unsupported digest algorithm in {digest} (only sha256)"
+        ));
+    };
+    if bytes.len() as u64 != size {
+        return Err(format!(
+            "the content store holds {} bytes, the manifest says {size}; the image is damaged, \
+             remove and pull it again",
+            bytes.len()
+        ));
+    }
+    let actual = format!("{:x}", Sha256::digest(bytes));
+    if actual != hex {
+        return Err(format!(
+            "content does not match its digest {digest} (it hashes to sha256:{actual}); the \
+             image is damaged, remove and pull it again"
+        ));
+    }
+    Ok(())
+}
+
+/// From a multi-platform index, the manifest to read: a Wasm one, else this node's.
+fn choose_manifest(index: &ImageIndex) -> Option<&Descriptor> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let wasm = |d: &&Descriptor| {
+        d.platform().as_ref().is_none_or(|p| {
+            p.architecture().to_string() == "wasm" || p.os().to_string().starts_with("wasi")
+        })
+    };
+    let native = |d: &&Descriptor| {
+        d.platform()
+            .as_ref()
+            .is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
+    };
+    let manifests = index.manifests();
+    manifests
+        .iter()
+        .find(wasm)
+        .or_else(|| manifests.iter().find(native))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_checks_size_and_digest() {
+        let bytes = b"\0asm\x01\0\0\0";
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        assert!(verify(&digest, 8, bytes).is_ok());
+        let e = verify(&digest, 9, bytes).unwrap_err();
+        assert!(e.contains("holds 8 bytes, the manifest says 9"), "{e}");
+        let e = verify(&format!("sha256:{}", "0".repeat(64)), 8, bytes).unwrap_err();
+        assert!(e.contains("does not match its digest"), "{e}");
+        assert!(verify("sha512:00", 8, bytes)
+            .unwrap_err()
+            .contains("only sha256"));
+    }
+
+    #[test]
+    fn index_prefers_the_wasm_manifest() {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                 "digest": format!("sha256:{}", "a".repeat(64)), "size": 1,
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                 "digest": format!("sha256:{}", "b".repeat(64)), "size": 1,
+                 "platform": {"os": "wasip1", "architecture": "wasm"}},
+            ]
+        });
+        let index = ImageIndex::from_reader(index.to_string().as_bytes()).unwrap();
+        let chosen = choose_manifest(&index).unwrap();
+        assert!(chosen.digest().to_string().ends_with("bbbb"));
+    }
+}
