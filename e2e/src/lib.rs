@@ -431,7 +431,10 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resources {
     pub memory_bytes: i64,
+    /// `limits.cpu` in millicores (0: none).
     pub cpu_millis: i64,
+    /// `requests.cpu` in millicores (0: none, then the limit counts as the request).
+    pub cpu_request_millis: i64,
 }
 
 impl Resources {
@@ -440,10 +443,12 @@ impl Resources {
             memory_limit_in_bytes: self.memory_bytes,
             cpu_period: if self.cpu_millis > 0 { 100_000 } else { 0 },
             cpu_quota: self.cpu_millis * 100,
-            cpu_shares: if self.cpu_millis > 0 {
-                self.cpu_millis * 1024 / 1000
-            } else {
-                2
+            // As the kubelet computes them: requests (or the limit) in 1024ths of a core,
+            // and the minimum, 2, for containers that request nothing.
+            cpu_shares: match (self.cpu_request_millis, self.cpu_millis) {
+                (r, _) if r > 0 => (r * 1024 / 1000).max(2),
+                (_, l) if l > 0 => (l * 1024 / 1000).max(2),
+                _ => 2,
             },
             ..Default::default()
         }

@@ -25,6 +25,7 @@ fn limited(
     c.resources = Some(Resources {
         memory_bytes,
         cpu_millis,
+        ..Default::default()
     });
     c
 }
@@ -126,6 +127,47 @@ async fn cpu_limits_hold_per_container() {
     cri.remove_pod(&pod).await.unwrap();
 }
 
+/// Three spinners and two guest threads: the threads are contended, so `cpu.shares` decides.
+/// The heavy one (1000m requested) can use at most one thread; the light ones (250m each)
+/// share the other. With equal weights each would get two thirds of a core.
+#[tokio::test]
+async fn cpu_shares_weigh_competing_containers() {
+    let _cores = CPU.lock().await;
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "shares", HANDLER).await.unwrap();
+    let mut ids = Vec::new();
+    for (name, request) in [("heavy", 1000), ("light1", 250), ("light2", 250)] {
+        let mut c = ContainerSpec::wasm(name, "spin.wasm", &[]);
+        c.resources = Some(Resources {
+            cpu_request_millis: request,
+            ..Default::default()
+        });
+        ids.push(cri.run(&pod, c).await.unwrap());
+        pod.wait_log(name, "spinning", WAIT).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let used = cri.cpu_share(&ids, WINDOW).await.unwrap();
+    eprintln!(
+        "cpu with shares 1024/256/256 on 2 threads: heavy {:.3}, light {:.3} and {:.3}",
+        used[0], used[1], used[2]
+    );
+    let light = (used[1] + used[2]) / 2.0;
+    assert!(
+        used[0] > 1.4 * light,
+        "heavy {:.3} vs light {light:.3}: shares not applied",
+        used[0]
+    );
+    assert!(
+        used.iter().sum::<f64>() > 1.4,
+        "the threads stay busy while guests step aside: {used:?}"
+    );
+    for id in &ids {
+        cri.stop(id, 0).await.unwrap();
+    }
+    cri.remove_pod(&pod).await.unwrap();
+}
+
 #[tokio::test]
 async fn unlimited_spinner_gets_a_core() {
     let _cores = CPU.lock().await;
@@ -165,8 +207,8 @@ async fn resizing_a_running_container_changes_its_cpu() {
     cri.update(
         &id,
         Resources {
-            memory_bytes: 0,
             cpu_millis: 500,
+            ..Default::default()
         },
     )
     .await

@@ -137,6 +137,7 @@ async fn work_ms(bed: &Bed, cri: &mut Cri, cpu_millis: Option<i64>) -> Result<Ve
         spec.resources = cpu_millis.map(|m| Resources {
             memory_bytes: 0,
             cpu_millis: m,
+            ..Default::default()
         });
         let pod = cri.run_pod(bed, "work", HANDLER).await?;
         let id = cri.run(&pod, spec).await?;

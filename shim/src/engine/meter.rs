@@ -7,11 +7,15 @@
 //! - CPU: the thread CPU time of every poll of the guest's future is charged. A CPU quota is a
 //!   token bucket filled at `quota / period` cores; when the epoch callback finds it empty, the
 //!   guest yields and sleeps until it is refilled, so over time it gets exactly its share.
+//! - CPU shares: when more guests are runnable than the engine has threads, they share the
+//!   threads in proportion to `cpu.shares`, as CFS shares a CPU between cgroups: each guest's
+//!   CPU time is charged to a virtual clock at `1024 / shares`, and at an epoch tick a guest
+//!   whose clock is ahead of a guest waiting for a thread steps aside until that one runs.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,7 +32,20 @@ pub struct Limits {
     pub memory: Option<u64>,
     /// `cpu.quota` and `cpu.period` in microseconds.
     pub cpu: Option<(u64, u64)>,
+    /// `cpu.shares`: the guest's weight when guests compete for the engine's threads.
+    pub cpu_shares: Option<u64>,
 }
+
+/// The weight of a guest without `cpu.shares`, as the kernel's default for a cgroup.
+const DEFAULT_SHARES: u64 = 1024;
+/// How far (in weighted CPU time) a guest may run ahead of a waiting one before it steps
+/// aside: two epoch ticks, so guests of equal weight do not trade places at every tick.
+const FAIR_SLACK_NS: u64 = 20_000_000;
+/// How far behind a waiting guest's clock may be: one that slept for an hour gets a head start
+/// of this much, not an hour of others stepping aside for it.
+const FAIR_MAX_LAG_NS: u64 = 100_000_000;
+/// The longest a guest steps aside at once; it then looks again.
+const FAIR_WAIT: Duration = Duration::from_millis(10);
 
 /// What one guest has used and may use. Shared between the running guest, the stats call and
 /// updates.
@@ -46,6 +63,17 @@ pub struct Meter {
     cpu_period_us: AtomicU64,
     /// A grow was denied because of the memory limit.
     oom: AtomicBool,
+    /// `cpu.shares` (0 until set: read as the default).
+    shares: AtomicU64,
+    /// CPU time charged at `1024 / shares`: who has had less than its share has the smaller.
+    vruntime: AtomicU64,
+    /// Runnable and waiting for a thread: set when the guest yields at an epoch tick (or is
+    /// woken from stepping aside), cleared when it is polled again.
+    waiting: AtomicBool,
+    /// Stepping aside for a guest that had less than its share.
+    stepping_aside: AtomicBool,
+    /// The host wants the guest's future back (a kill): yield at the next tick.
+    interrupted: AtomicBool,
 }
 
 impl Meter {
@@ -64,6 +92,17 @@ impl Meter {
         let (quota, period) = limits.cpu.unwrap_or((0, 0));
         self.cpu_quota_us.store(quota, Ordering::Relaxed);
         self.cpu_period_us.store(period, Ordering::Relaxed);
+        let shares = limits
+            .cpu_shares
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_SHARES);
+        self.shares.store(shares, Ordering::Relaxed);
+    }
+
+    /// Makes the guest yield to the executor at its next epoch tick, so whoever holds its
+    /// future (a kill waiting to drop it) gets control within one tick.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
     }
 
     /// CPU time of the guest's finished polls (at most one epoch tick behind).
@@ -113,13 +152,16 @@ fn thread_cpu_ns() -> u64 {
 /// guest runs only inside polls (it yields at each epoch tick), so this is its CPU time.
 pub struct Metered<F> {
     meter: Arc<Meter>,
+    group: Arc<CpuGroup>,
     inner: Pin<Box<F>>,
 }
 
 impl<F: Future> Metered<F> {
-    pub fn new(meter: Arc<Meter>, inner: F) -> Self {
+    pub fn new(meter: Arc<Meter>, group: Arc<CpuGroup>, inner: F) -> Self {
+        group.join(&meter);
         Metered {
             meter,
+            group,
             inner: Box::pin(inner),
         }
     }
@@ -131,6 +173,9 @@ impl<F: Future> Future for Metered<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let before = thread_cpu_ns().max(1);
         self.meter.poll_start.store(before, Ordering::Relaxed);
+        if self.meter.waiting.swap(false, Ordering::Relaxed) {
+            self.group.picked_up();
+        }
         let out = self.inner.as_mut().poll(cx);
         let spent = thread_cpu_ns().saturating_sub(before);
         self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);
@@ -139,34 +184,168 @@ impl<F: Future> Future for Metered<F> {
     }
 }
 
-/// The CPU quota's token bucket, consulted by the epoch callback at every tick.
+/// The guests of one engine, competing for its threads.
+#[derive(Default)]
+pub struct CpuGroup {
+    members: Mutex<Vec<Weak<Meter>>>,
+    /// Guests stepping aside right now, woken whenever a waiting guest gets a thread.
+    stepping_aside: AtomicUsize,
+    picked: tokio::sync::Notify,
+}
+
+impl CpuGroup {
+    fn join(&self, meter: &Arc<Meter>) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        // A newcomer starts level with the least-served guest, not at zero, or it would hold
+        // a thread until it had caught up with guests that ran for hours.
+        let floor = members
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|m| m.vruntime.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        meter.vruntime.fetch_max(floor, Ordering::Relaxed);
+        members.push(Arc::downgrade(meter));
+    }
+
+    /// Whether a guest waits for a thread that `meter` should give up: one whose virtual clock
+    /// is behind by more than the slack.
+    fn should_step_aside(&self, meter: &Meter) -> bool {
+        let mine = meter.vruntime.load(Ordering::Relaxed);
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let mut behind = false;
+        for m in members.iter().filter_map(Weak::upgrade) {
+            if std::ptr::eq(m.as_ref(), meter) || !m.waiting.load(Ordering::Relaxed) {
+                continue;
+            }
+            let theirs = m
+                .vruntime
+                .fetch_max(mine.saturating_sub(FAIR_MAX_LAG_NS), Ordering::Relaxed)
+                .max(mine.saturating_sub(FAIR_MAX_LAG_NS));
+            behind |= theirs + FAIR_SLACK_NS < mine;
+        }
+        behind
+    }
+
+    /// A guest got a thread: those stepping aside for it look again, and count as waiting
+    /// until they are polled (those that must step aside further stop waiting right away).
+    fn picked_up(&self) {
+        if self.stepping_aside.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        {
+            let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            for m in members.iter().filter_map(Weak::upgrade) {
+                if m.stepping_aside.load(Ordering::Relaxed) {
+                    m.waiting.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.picked.notify_waiters();
+    }
+
+    /// Steps aside (leaving the thread to the waiting guests) until no waiting guest is
+    /// behind this one any more, or for at most `FAIR_WAIT`. The guest does not count as
+    /// waiting meanwhile, so no one steps aside for it and a thread is never left idle.
+    pub async fn step_aside(self: Arc<Self>, meter: Arc<Meter>) {
+        self.stepping_aside.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + FAIR_WAIT;
+        loop {
+            let picked = self.picked.notified();
+            meter.waiting.store(false, Ordering::Relaxed);
+            if !self.should_step_aside(&meter) || meter.interrupted.load(Ordering::Relaxed) {
+                break;
+            }
+            meter.stepping_aside.store(true, Ordering::Relaxed);
+            let woken = tokio::time::timeout_at(deadline, picked).await;
+            meter.stepping_aside.store(false, Ordering::Relaxed);
+            if woken.is_err() {
+                break;
+            }
+        }
+        self.stepping_aside.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a guest does at an epoch tick.
+#[derive(Debug, PartialEq)]
+pub enum Turn {
+    /// Keep the thread: no waiting guest is owed it.
+    Run,
+    /// Yield to the executor and carry on.
+    Continue,
+    /// Sleep this long: the CPU quota is spent.
+    Pause(Duration),
+    /// Let a guest that had less than its share run first (`CpuGroup::step_aside`).
+    StepAside,
+}
+
+/// The CPU quota's token bucket and the guest's fair share, consulted by the epoch callback
+/// at every tick.
 pub struct Throttle {
     meter: Arc<Meter>,
+    group: Arc<CpuGroup>,
     last: Instant,
     last_cpu: u64,
     /// CPU nanoseconds the guest may still spend; negative is debt.
     tokens: f64,
+    /// Ticks since the guest last gave its thread back to the executor.
+    kept: u32,
 }
 
+/// A guest keeping its thread still yields to the executor this often (in ticks), so other
+/// work queued on that thread runs.
+const MAX_KEPT_TICKS: u32 = 10;
+
 impl Throttle {
-    pub fn new(meter: Arc<Meter>) -> Self {
+    pub fn new(meter: Arc<Meter>, group: Arc<CpuGroup>) -> Self {
         let last_cpu = meter.cpu_ns_polling();
         Throttle {
             meter,
+            group,
             last: Instant::now(),
             last_cpu,
             tokens: 0.0,
+            kept: 0,
         }
     }
 
-    /// How long the guest must pause now to stay within its quota, if at all.
-    pub fn pause(&mut self) -> Option<Duration> {
+    /// The guest's turn at this tick: the quota comes first, then the fair share.
+    pub fn turn(&mut self) -> Turn {
         let now = Instant::now();
         let cpu = self.meter.cpu_ns_polling();
         let wall = now.duration_since(self.last).as_nanos() as f64;
-        let used = cpu.saturating_sub(self.last_cpu) as f64;
+        let used = cpu.saturating_sub(self.last_cpu);
         self.last = now;
         self.last_cpu = cpu;
+        let shares = self.meter.shares.load(Ordering::Relaxed).max(1);
+        self.meter.vruntime.fetch_add(
+            used.saturating_mul(DEFAULT_SHARES) / shares,
+            Ordering::Relaxed,
+        );
+        let interrupted = self.meter.interrupted.load(Ordering::Relaxed);
+        if let Some(pause) = self.pause(wall, used as f64).filter(|_| !interrupted) {
+            self.kept = 0;
+            return Turn::Pause(pause);
+        }
+        if !interrupted && self.group.should_step_aside(&self.meter) {
+            self.kept = 0;
+            return Turn::StepAside;
+        }
+        // Yielding at every tick would send the guest owed the most to the back of the queue,
+        // behind guests owed less; it keeps its thread until someone is owed more.
+        self.kept += 1;
+        if !interrupted && self.kept < MAX_KEPT_TICKS {
+            return Turn::Run;
+        }
+        self.kept = 0;
+        self.meter.waiting.store(true, Ordering::Relaxed);
+        Turn::Continue
+    }
+
+    /// How long the guest must pause now to stay within its quota, if at all.
+    fn pause(&mut self, wall: f64, used: f64) -> Option<Duration> {
         let Some((rate, burst)) = self.meter.cpu_rate() else {
             self.tokens = 0.0;
             return None;
@@ -246,7 +425,7 @@ mod tests {
     fn grows_past_the_cap_are_denied_and_flagged() {
         let meter = Arc::new(Meter::new(Limits {
             memory: Some(32 << 20),
-            cpu: None,
+            ..Default::default()
         }));
         let mut l = Limiter::new(meter.clone());
         assert!(l.memory_growing(0, 16 << 20, None).unwrap());
@@ -269,13 +448,15 @@ mod tests {
     #[test]
     fn throttle_pauses_once_the_quota_is_spent() {
         let meter = Arc::new(Meter::new(Limits {
-            memory: None,
             cpu: Some((20_000, 100_000)),
+            ..Default::default()
         }));
-        let mut t = Throttle::new(meter.clone());
+        let mut t = Throttle::new(meter.clone(), Arc::default());
         // 50 ms of CPU charged at once: 0.2 cores must wait about 250 ms to pay it back.
         meter.cpu_ns.fetch_add(50_000_000, Ordering::Relaxed);
-        let pause = t.pause().expect("over quota");
+        let Turn::Pause(pause) = t.turn() else {
+            panic!("over quota")
+        };
         assert!(
             pause > Duration::from_millis(200) && pause < Duration::from_millis(260),
             "{pause:?}"
@@ -283,6 +464,83 @@ mod tests {
 
         meter.set_limits(Limits::default());
         meter.cpu_ns.fetch_add(50_000_000, Ordering::Relaxed);
-        assert_eq!(t.pause(), None, "no quota, no pause");
+        assert_eq!(t.turn(), Turn::Run, "no quota, no pause");
+    }
+
+    fn guest(group: &Arc<CpuGroup>, shares: u64) -> (Arc<Meter>, Throttle) {
+        let meter = Arc::new(Meter::new(Limits {
+            cpu_shares: Some(shares),
+            ..Default::default()
+        }));
+        group.join(&meter);
+        let t = Throttle::new(meter.clone(), group.clone());
+        (meter, t)
+    }
+
+    #[test]
+    fn cpu_is_charged_to_the_virtual_clock_by_weight() {
+        let group = Arc::new(CpuGroup::default());
+        let (heavy, mut h) = guest(&group, 2048);
+        let (light, mut l) = guest(&group, 512);
+        heavy.cpu_ns.fetch_add(40_000_000, Ordering::Relaxed);
+        light.cpu_ns.fetch_add(40_000_000, Ordering::Relaxed);
+        assert_eq!(h.turn(), Turn::Run);
+        // The same CPU time weighs four times more for the light guest: its clock is now ahead
+        // of the heavy one's (waiting for a thread), so it steps aside.
+        heavy.waiting.store(true, Ordering::Relaxed);
+        assert_eq!(l.turn(), Turn::StepAside);
+        assert_eq!(heavy.vruntime.load(Ordering::Relaxed), 20_000_000);
+        assert_eq!(light.vruntime.load(Ordering::Relaxed), 80_000_000);
+    }
+
+    #[test]
+    fn a_guest_ahead_steps_aside_only_for_a_waiting_guest() {
+        let group = Arc::new(CpuGroup::default());
+        let (a, mut ta) = guest(&group, 1024);
+        let (b, _tb) = guest(&group, 1024);
+        a.cpu_ns.fetch_add(50_000_000, Ordering::Relaxed);
+        // b is behind but not waiting (blocked in a host call, say): a carries on.
+        assert_eq!(ta.turn(), Turn::Run);
+        b.waiting.store(true, Ordering::Relaxed);
+        a.cpu_ns.fetch_add(1_000_000, Ordering::Relaxed);
+        assert_eq!(ta.turn(), Turn::StepAside);
+        // Within the slack, equals do not trade places.
+        b.vruntime.store(40_000_000, Ordering::Relaxed);
+        a.cpu_ns.fetch_add(1_000_000, Ordering::Relaxed);
+        assert_eq!(ta.turn(), Turn::Run);
+    }
+
+    #[test]
+    fn a_guest_keeping_its_thread_still_yields_now_and_then_and_when_interrupted() {
+        let group = Arc::new(CpuGroup::default());
+        let (meter, mut t) = guest(&group, 1024);
+        let turns: Vec<Turn> = (0..MAX_KEPT_TICKS).map(|_| t.turn()).collect();
+        assert_eq!(turns.iter().filter(|t| **t == Turn::Continue).count(), 1);
+        assert_eq!(t.turn(), Turn::Run);
+        meter.interrupt();
+        assert_eq!(t.turn(), Turn::Continue);
+    }
+
+    #[test]
+    fn newcomers_start_level_with_the_least_served() {
+        let group = Arc::new(CpuGroup::default());
+        let (old, _) = guest(&group, 1024);
+        old.vruntime.store(5_000_000_000, Ordering::Relaxed);
+        let (new, _) = guest(&group, 1024);
+        assert_eq!(new.vruntime.load(Ordering::Relaxed), 5_000_000_000);
+    }
+
+    #[test]
+    fn a_long_sleeper_gets_a_bounded_head_start() {
+        let group = Arc::new(CpuGroup::default());
+        let (busy, mut t) = guest(&group, 1024);
+        let (sleeper, _) = guest(&group, 1024);
+        sleeper.waiting.store(true, Ordering::Relaxed);
+        busy.cpu_ns.fetch_add(10_000_000_000, Ordering::Relaxed);
+        assert_eq!(t.turn(), Turn::StepAside);
+        assert_eq!(
+            sleeper.vruntime.load(Ordering::Relaxed),
+            10_000_000_000 - FAIR_MAX_LAG_NS
+        );
     }
 }

@@ -20,6 +20,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::Outcome;
+use meter::Turn;
 pub use meter::{host_reserve, Limits, Meter};
 
 /// How often the epoch advances. Every running guest yields to the executor at each tick, which
@@ -129,6 +130,8 @@ pub struct Engine {
     cache: Option<cache::Cache>,
     ticker_stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
+    /// The guests running on this engine, sharing its threads by `cpu.shares`.
+    cpu: Arc<meter::CpuGroup>,
 }
 
 impl Engine {
@@ -181,6 +184,7 @@ impl Engine {
             cache: None,
             ticker_stop,
             ticker: Some(ticker),
+            cpu: Arc::default(),
         })
     }
 
@@ -243,8 +247,9 @@ impl Engine {
         }
     }
 
-    /// Runs a guest to completion. The returned future yields at every epoch tick, so dropping
-    /// it (on kill) stops even a guest that never calls the host.
+    /// Runs a guest to completion. The returned future yields to the executor at least every
+    /// tenth epoch tick, and at the next tick after `meter.interrupt()`, so a kill (interrupt,
+    /// then drop the future) stops even a guest that never calls the host within one tick.
     pub async fn run(&self, program: &Program, ctx: GuestContext, meter: Arc<Meter>) -> Exit {
         let stderr = ctx.stderr.as_ref().and_then(|f| f.try_clone().ok());
         let builder = match wasi_builder(ctx) {
@@ -252,7 +257,7 @@ impl Engine {
             Err(e) => return fail(stderr, e.to_string()),
         };
         let call = self.call(program, builder, meter.clone());
-        let result = meter::Metered::new(meter.clone(), call).await;
+        let result = meter::Metered::new(meter.clone(), self.cpu.clone(), call).await;
         let exit = match result {
             Ok(code) => Exit::Code(code),
             Err(e) => match e.downcast_ref::<I32Exit>() {
@@ -317,11 +322,19 @@ impl Engine {
         store.set_epoch_deadline(1);
         // Every tick yields to the executor (so kills and other guests get their turn), and
         // sleeps first when the CPU quota is spent.
-        let mut throttle = meter::Throttle::new(meter);
+        let mut throttle = meter::Throttle::new(meter.clone(), self.cpu.clone());
+        let group = self.cpu.clone();
         store.epoch_deadline_callback(move |_| {
-            Ok(match throttle.pause() {
-                None => UpdateDeadline::Yield(1),
-                Some(pause) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))),
+            Ok(match throttle.turn() {
+                Turn::Run => UpdateDeadline::Continue(1),
+                Turn::Continue => UpdateDeadline::Yield(1),
+                Turn::Pause(pause) => {
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause)))
+                }
+                Turn::StepAside => UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(group.clone().step_aside(meter.clone())),
+                ),
             })
         });
         store

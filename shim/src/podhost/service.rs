@@ -472,6 +472,8 @@ impl Service {
             match (&c.kind, &c.kill) {
                 (Kind::Wasm(_), Some(kill)) => {
                     kill.send_replace(Some(signal));
+                    // The guest must give its future back at the next tick to be dropped.
+                    c.meter.interrupt();
                     false
                 }
                 // A sandbox, or a container that never started, ends right away.

@@ -115,7 +115,12 @@ pub fn resource_limits(r: &LinuxResources) -> Limits {
         let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);
         Some((quota, period))
     });
-    Limits { memory, cpu }
+    let cpu_shares = r.cpu().as_ref().and_then(|c| c.shares()).filter(|s| *s > 0);
+    Limits {
+        memory,
+        cpu,
+        cpu_shares,
+    }
 }
 
 /// The network namespace the pod's guests should run in, when the spec names one. A pod on the
@@ -261,7 +266,8 @@ mod tests {
             limits(&s),
             Limits {
                 memory: Some(32 << 20),
-                cpu: Some((20_000, 100_000))
+                cpu: Some((20_000, 100_000)),
+                cpu_shares: Some(204),
             }
         );
         let s = spec(serde_json::json!({
