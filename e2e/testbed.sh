@@ -188,6 +188,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]
       runtime_type = "io.containerd.wasmtime.v1"
+    # The same runtime with the systemd cgroup driver: containerd then gives the shim
+    # cgroupsPath as slice:prefix:name, as on nodes whose kubelet uses systemd.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-systemd]
+      runtime_type = "io.containerd.wasmtime.v1"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-systemd.options]
+        SystemdCgroup = true
 EOF
 	else
 		cat >"$d/config.toml" <<EOF
@@ -213,6 +219,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     runtime_type = "io.containerd.runc.v2"
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime]
     runtime_type = "io.containerd.wasmtime.v1"
+  # The same runtime with the systemd cgroup driver: containerd then gives the shim
+  # cgroupsPath as slice:prefix:name, as on nodes whose kubelet uses systemd.
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-systemd]
+    runtime_type = "io.containerd.wasmtime.v1"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-systemd.options]
+      SystemdCgroup = true
 EOF
 	fi
 }
@@ -340,7 +352,8 @@ cmd_stop() {
 	fi
 	# Parent cgroups of the test pods (runc and wasmpod leave parents, as the kubelet does);
 	# rmdir takes only empty ones.
-	rmdir /sys/fs/cgroup/*/wasmpod-e2e /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/*/default 2>/dev/null || true
+	rmdir /sys/fs/cgroup/*/wasmpod-e2e /sys/fs/cgroup/*/wasmpod_e2e.slice /sys/fs/cgroup/*/k8s.io \
+		/sys/fs/cgroup/*/default 2>/dev/null || true
 	# Mounts made under this containerd's root and state (snapshots, rootfs, shm), deepest first.
 	{ grep -F " $d/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do
 		umount -l "$m" 2>/dev/null || true

@@ -427,3 +427,44 @@ async fn the_pod_shim_lives_in_the_pod_cgroup() {
         "pod cgroup removed"
     );
 }
+
+/// With the systemd cgroup driver (runtime option `SystemdCgroup = true`), containerd gives the
+/// shim `slice:prefix:name`; the shim joins the path systemd would give that scope, so pod
+/// metrics and limits line up with the kubelet's on systemd nodes.
+#[tokio::test]
+async fn the_pod_shim_joins_the_systemd_form_of_the_pod_cgroup() {
+    let (bed, mut cri) = connect().await;
+    // '-' separates slice levels in systemd names, so the unique part has none.
+    let slice = format!("wasmpod_e2e-pod{}.slice", unique("sd").replace('-', "_"));
+    let pod = cri
+        .run_pod_in(&bed, "systemd", "wasmtime-systemd", &slice)
+        .await
+        .unwrap();
+    let id = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("sleeper", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    pod.wait_log("sleeper", "sleeping", EXIT_WAIT)
+        .await
+        .unwrap();
+    let shim = shim_processes(&pod.id);
+    assert_eq!(shim.len(), 1);
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", shim[0])).unwrap();
+    let want = format!("/wasmpod_e2e.slice/{slice}/cri-containerd-{}.scope", pod.id);
+    assert!(
+        cgroups.lines().all(|l| l.ends_with(&want)),
+        "every hierarchy puts the shim in {want}:\n{cgroups}"
+    );
+    cri.stop(&id, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
+            .is_empty())
+        .await,
+        "shim still running"
+    );
+    assert_eq!(cgroups_mentioning(&slice), Vec::<std::path::PathBuf>::new());
+}
