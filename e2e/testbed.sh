@@ -26,7 +26,7 @@ declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
 # Tools unpacked from .debs rather than installed: the registry package would start a
 # system service, and oras is not in bookworm. package=suite:version.
 declare -A TOOLS=([docker-registry]="bookworm:2.8.2+ds1-1" [oras]="trixie:1.2.0-1+b9")
-PACKAGES=(runc curl protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
+PACKAGES=(runc curl containernetworking-plugins wrk protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
@@ -105,7 +105,8 @@ cmd_images() {
 	local b=$IMAGES/build py="python3 $ROOT/e2e/images/ociimage.py"
 	log "building Wasm workloads"
 	(cd "$ROOT" && cargo build -q --release -p wasmpod-workloads --target wasm32-wasip1 &&
-		cargo build -q --release -p wasmpod-workloads --target wasm32-wasip2 --bin hello)
+		cargo build -q --release -p wasmpod-workloads --target wasm32-wasip2 --bin hello &&
+		cargo build -q --release -p wasmpod-http-handler --target wasm32-wasip2)
 	local w=$ROOT/target/wasm32-wasip1/release
 	local files=()
 	for f in "$w"/*.wasm; do files+=(--file "$f:/$(basename "$f")"); done
@@ -122,6 +123,9 @@ cmd_images() {
 		--file "$b/broken.wasm:/broken.wasm" \
 		--file "$b/pause:/native" --file "$b/greeting.txt:/etc/greeting.txt" \
 		--entrypoint /hello.wasm --annotation module.wasm.image/variant=compat
+	$py --out "$IMAGES/http.tar" --name wasmpod.test/http:1 \
+		--file "$ROOT/target/wasm32-wasip2/release/wasmpod_http_handler.wasm:/handler.wasm" \
+		--entrypoint /handler.wasm --annotation module.wasm.image/variant=compat
 	registry_images
 	log "images in $IMAGES"
 }
@@ -229,6 +233,34 @@ EOF
 	fi
 }
 
+# The pod network for pods that ask for one (the host-network tests do not): a bridge with
+# host-local addresses, state kept in the run directory. `stop` removes the bridge.
+CNI_BRIDGE=wasmpod0
+CNI_SUBNET=10.213.57.0/24
+write_cni() {
+	local d
+	d=$(run_dir "$1")
+	cat >"$d/cni/10-wasmpod-e2e.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "wasmpod-e2e",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$CNI_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$CNI_SUBNET"}]],
+        "dataDir": "$d/cni-ipam"
+      }
+    }
+  ]
+}
+EOF
+}
+
 ctr_() {
 	local v=$1
 	shift
@@ -243,13 +275,14 @@ cmd_start() {
 	d=$(run_dir "$v")
 	[ -x "$TB/containerd-$v/usr/bin/containerd" ] || die "containerd $v is not installed: run '$0 install'"
 	[ -x "$SHIM" ] || die "no shim at $SHIM: run 'cargo build -p wasmpod-shim'"
-	[ -f "$IMAGES/workloads.tar" ] || die "no test images in $IMAGES: run '$0 images'"
+	[ -f "$IMAGES/http.tar" ] || die "no test images in $IMAGES: run '$0 images'"
 	if [ -f "$d/containerd.pid" ] && kill -0 "$(cat "$d/containerd.pid")" 2>/dev/null; then
 		die "containerd $v is already running (pid $(cat "$d/containerd.pid")); '$0 stop $v' first"
 	fi
 	rm -rf "$d" && mkdir -p "$d/bin" "$d/cni" "$d/certs.d" "$d/logs"
 	cp "$SHIM" "$d/bin/containerd-shim-wasmtime-v1"
 	write_config "$v"
+	write_cni "$v"
 	log "starting containerd $v ($d)"
 	# Shims inherit containerd's environment: this is where they keep compiled modules.
 	WASMPOD_CACHE_DIR="$d/cache" PATH="$d/bin:$TB/containerd-$v/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
@@ -263,7 +296,7 @@ cmd_start() {
 	done
 	ctr_ "$v" version >/dev/null || die "containerd $v did not come up; see $d/containerd.log"
 	for ns in k8s.io default; do
-		for img in pause busybox workloads; do
+		for img in pause busybox workloads http; do
 			ctr_ "$v" -n "$ns" images import --all-platforms "$IMAGES/$img.tar" >/dev/null
 		done
 	done
@@ -354,6 +387,9 @@ cmd_stop() {
 	# rmdir takes only empty ones.
 	rmdir /sys/fs/cgroup/*/wasmpod-e2e /sys/fs/cgroup/*/wasmpod_e2e.slice /sys/fs/cgroup/*/k8s.io \
 		/sys/fs/cgroup/*/default 2>/dev/null || true
+	if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
+		ip link del "$CNI_BRIDGE" 2>/dev/null || true
+	fi
 	# Mounts made under this containerd's root and state (snapshots, rootfs, shm), deepest first.
 	{ grep -F " $d/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do
 		umount -l "$m" 2>/dev/null || true

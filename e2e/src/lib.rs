@@ -4,6 +4,8 @@
 //! The suite runs against a containerd started by `e2e/testbed.sh start VERSION`, found
 //! through the variables that command prints (`e2e/run.sh` does all of it).
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// The image with every Wasm test workload at `/` (see e2e/testbed.sh images).
 pub const WORKLOADS: &str = "wasmpod.test/workloads:1";
 pub const BUSYBOX: &str = "wasmpod.test/busybox:1";
+/// The wasi:http test handler (e2e/http-handler) at /handler.wasm, its entrypoint.
+pub const HTTP_HANDLER: &str = "wasmpod.test/http:1";
 pub const HANDLER: &str = "wasmtime";
 /// How long a test waits for a container that should exit on its own.
 pub const EXIT_WAIT: Duration = Duration::from_secs(60);
@@ -193,6 +197,34 @@ impl Cri {
         self.run_pod_in(bed, name, handler, "").await
     }
 
+    /// RunPodSandbox on the pod network: its own network namespace and an address from the
+    /// test bed's CNI bridge, as for an ordinary pod.
+    pub async fn run_pod_networked(&mut self, bed: &Bed, name: &str, handler: &str) -> Result<Pod> {
+        self.run_pod_with(bed, name, handler, "", NamespaceMode::Pod)
+            .await
+    }
+
+    /// The pod's IP address on the pod network (PodSandboxStatus).
+    pub async fn pod_ip(&mut self, pod: &Pod) -> Result<String> {
+        let status = self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            })
+            .await
+            .context("PodSandboxStatus")?
+            .into_inner()
+            .status
+            .context("no sandbox status")?;
+        let ip = status
+            .network
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .context("the pod has no IP")?;
+        Ok(ip)
+    }
+
     /// RunPodSandbox with the given cgroup parent (what the kubelet passes as the pod cgroup).
     pub async fn run_pod_in(
         &mut self,
@@ -200,6 +232,18 @@ impl Cri {
         name: &str,
         handler: &str,
         cgroup_parent: &str,
+    ) -> Result<Pod> {
+        self.run_pod_with(bed, name, handler, cgroup_parent, NamespaceMode::Node)
+            .await
+    }
+
+    async fn run_pod_with(
+        &mut self,
+        bed: &Bed,
+        name: &str,
+        handler: &str,
+        cgroup_parent: &str,
+        network: NamespaceMode,
     ) -> Result<Pod> {
         let uid = unique(name);
         let log_dir = bed.scratch(&format!("logs-{name}"));
@@ -214,7 +258,7 @@ impl Cri {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
+                        network: network as i32,
                         pid: NamespaceMode::Pod as i32,
                         ipc: NamespaceMode::Pod as i32,
                         ..Default::default()

@@ -12,6 +12,7 @@
 //!   CPU time is charged to a virtual clock at `1024 / shares`, and at an epoch tick a guest
 //!   whose clock is ahead of a guest waiting for a thread steps aside until that one runs.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,10 +52,11 @@ const FAIR_WAIT: Duration = Duration::from_millis(10);
 /// updates.
 #[derive(Debug, Default)]
 pub struct Meter {
-    /// Thread CPU time spent inside finished polls of the guest, in nanoseconds.
+    /// Thread CPU time spent inside finished polls of the guest's tasks, in nanoseconds.
     cpu_ns: AtomicU64,
-    /// Thread CPU clock when the running poll began (0 when not polling).
-    poll_start: AtomicU64,
+    /// The CPU quota's token bucket, shared by all the guest's tasks (an HTTP guest runs one
+    /// per request).
+    bucket: Mutex<Bucket>,
     /// Bytes of linear memory and table storage currently held.
     memory: AtomicU64,
     /// Guest memory cap in bytes (limit minus reserve); 0 means none.
@@ -78,7 +80,13 @@ pub struct Meter {
 
 impl Meter {
     pub fn new(limits: Limits) -> Self {
-        let m = Meter::default();
+        let m = Meter {
+            bucket: Mutex::new(Bucket {
+                last: Some(Instant::now()),
+                tokens: 0.0,
+            }),
+            ..Default::default()
+        };
         m.set_limits(limits);
         m
     }
@@ -110,18 +118,6 @@ impl Meter {
         self.cpu_ns.load(Ordering::Relaxed)
     }
 
-    /// CPU time used so far including the running poll. Only valid on the thread polling the
-    /// guest, i.e. from the epoch callback, because it reads that thread's CPU clock.
-    fn cpu_ns_polling(&self) -> u64 {
-        let start = self.poll_start.load(Ordering::Relaxed);
-        let running = if start == 0 {
-            0
-        } else {
-            thread_cpu_ns().saturating_sub(start)
-        };
-        self.cpu_ns() + running
-    }
-
     pub fn memory_bytes(&self) -> u64 {
         self.memory.load(Ordering::Relaxed)
     }
@@ -138,6 +134,40 @@ impl Meter {
     }
 }
 
+#[derive(Debug, Default)]
+struct Bucket {
+    last: Option<Instant>,
+    /// CPU nanoseconds the guest may still spend; negative is debt.
+    tokens: f64,
+}
+
+thread_local! {
+    /// Thread CPU clock when the poll running on this thread began (0: none).
+    static POLL_START: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The CPU time of one task of a guest (a command, or one HTTP request): what its epoch
+/// callback charges.
+#[derive(Debug, Default)]
+pub struct TaskClock {
+    /// CPU time of the task's finished polls.
+    done: AtomicU64,
+}
+
+impl TaskClock {
+    /// CPU time so far including the running poll. Only meaningful on the thread polling the
+    /// task (the epoch callback runs there).
+    fn now(&self) -> u64 {
+        let start = POLL_START.with(Cell::get);
+        let running = if start == 0 {
+            0
+        } else {
+            thread_cpu_ns().saturating_sub(start)
+        };
+        self.done.load(Ordering::Relaxed) + running
+    }
+}
+
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -148,19 +178,21 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Wraps a guest's future and charges the thread CPU time of every poll to its `Meter`. The
-/// guest runs only inside polls (it yields at each epoch tick), so this is its CPU time.
+/// Wraps a guest task's future and charges the thread CPU time of every poll to its `Meter`
+/// and `TaskClock`. The guest runs only inside polls, so this is its CPU time.
 pub struct Metered<F> {
     meter: Arc<Meter>,
+    clock: Arc<TaskClock>,
     group: Arc<CpuGroup>,
     inner: Pin<Box<F>>,
 }
 
 impl<F: Future> Metered<F> {
-    pub fn new(meter: Arc<Meter>, group: Arc<CpuGroup>, inner: F) -> Self {
+    pub fn new(meter: Arc<Meter>, clock: Arc<TaskClock>, group: Arc<CpuGroup>, inner: F) -> Self {
         group.join(&meter);
         Metered {
             meter,
+            clock,
             group,
             inner: Box::pin(inner),
         }
@@ -172,14 +204,17 @@ impl<F: Future> Future for Metered<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let before = thread_cpu_ns().max(1);
-        self.meter.poll_start.store(before, Ordering::Relaxed);
+        // Polls nest when a guest task drives another future that is metered too; the outer
+        // poll's start is restored afterwards.
+        let outer = POLL_START.with(|p| p.replace(before));
         if self.meter.waiting.swap(false, Ordering::Relaxed) {
             self.group.picked_up();
         }
         let out = self.inner.as_mut().poll(cx);
         let spent = thread_cpu_ns().saturating_sub(before);
         self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);
-        self.meter.poll_start.store(0, Ordering::Relaxed);
+        self.clock.done.fetch_add(spent, Ordering::Relaxed);
+        POLL_START.with(|p| p.set(outer));
         out
     }
 }
@@ -285,11 +320,9 @@ pub enum Turn {
 /// at every tick.
 pub struct Throttle {
     meter: Arc<Meter>,
+    clock: Arc<TaskClock>,
     group: Arc<CpuGroup>,
-    last: Instant,
     last_cpu: u64,
-    /// CPU nanoseconds the guest may still spend; negative is debt.
-    tokens: f64,
     /// Ticks since the guest last gave its thread back to the executor.
     kept: u32,
 }
@@ -299,25 +332,21 @@ pub struct Throttle {
 const MAX_KEPT_TICKS: u32 = 10;
 
 impl Throttle {
-    pub fn new(meter: Arc<Meter>, group: Arc<CpuGroup>) -> Self {
-        let last_cpu = meter.cpu_ns_polling();
+    pub fn new(meter: Arc<Meter>, clock: Arc<TaskClock>, group: Arc<CpuGroup>) -> Self {
+        let last_cpu = clock.now();
         Throttle {
             meter,
+            clock,
             group,
-            last: Instant::now(),
             last_cpu,
-            tokens: 0.0,
             kept: 0,
         }
     }
 
     /// The guest's turn at this tick: the quota comes first, then the fair share.
     pub fn turn(&mut self) -> Turn {
-        let now = Instant::now();
-        let cpu = self.meter.cpu_ns_polling();
-        let wall = now.duration_since(self.last).as_nanos() as f64;
+        let cpu = self.clock.now();
         let used = cpu.saturating_sub(self.last_cpu);
-        self.last = now;
         self.last_cpu = cpu;
         let shares = self.meter.shares.load(Ordering::Relaxed).max(1);
         self.meter.vruntime.fetch_add(
@@ -325,7 +354,7 @@ impl Throttle {
             Ordering::Relaxed,
         );
         let interrupted = self.meter.interrupted.load(Ordering::Relaxed);
-        if let Some(pause) = self.pause(wall, used as f64).filter(|_| !interrupted) {
+        if let Some(pause) = self.meter.charge(used as f64).filter(|_| !interrupted) {
             self.kept = 0;
             return Turn::Pause(pause);
         }
@@ -343,16 +372,25 @@ impl Throttle {
         self.meter.waiting.store(true, Ordering::Relaxed);
         Turn::Continue
     }
+}
 
-    /// How long the guest must pause now to stay within its quota, if at all.
-    fn pause(&mut self, wall: f64, used: f64) -> Option<Duration> {
-        let Some((rate, burst)) = self.meter.cpu_rate() else {
-            self.tokens = 0.0;
+impl Meter {
+    /// Charges CPU time to the quota's bucket; how long the guest must pause now to stay
+    /// within its quota, if at all.
+    fn charge(&self, used: f64) -> Option<Duration> {
+        let now = Instant::now();
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let wall = b
+            .last
+            .map_or(0.0, |l| now.duration_since(l).as_nanos() as f64);
+        b.last = Some(now);
+        let Some((rate, burst)) = self.cpu_rate() else {
+            b.tokens = 0.0;
             return None;
         };
         // Unused time carries over up to one period's quota, like CFS's burst-free quota.
-        self.tokens = (self.tokens + wall * rate).min(burst) - used;
-        (self.tokens < 0.0).then(|| Duration::from_nanos((-self.tokens / rate) as u64))
+        b.tokens = (b.tokens + wall * rate).min(burst) - used;
+        (b.tokens < 0.0).then(|| Duration::from_nanos((-b.tokens / rate) as u64))
     }
 }
 
@@ -451,9 +489,10 @@ mod tests {
             cpu: Some((20_000, 100_000)),
             ..Default::default()
         }));
-        let mut t = Throttle::new(meter.clone(), Arc::default());
+        let clock = Arc::new(TaskClock::default());
+        let mut t = Throttle::new(meter.clone(), clock.clone(), Arc::default());
         // 50 ms of CPU charged at once: 0.2 cores must wait about 250 ms to pay it back.
-        meter.cpu_ns.fetch_add(50_000_000, Ordering::Relaxed);
+        clock.done.fetch_add(50_000_000, Ordering::Relaxed);
         let Turn::Pause(pause) = t.turn() else {
             panic!("over quota")
         };
@@ -463,27 +502,33 @@ mod tests {
         );
 
         meter.set_limits(Limits::default());
-        meter.cpu_ns.fetch_add(50_000_000, Ordering::Relaxed);
+        clock.done.fetch_add(50_000_000, Ordering::Relaxed);
         assert_eq!(t.turn(), Turn::Run, "no quota, no pause");
     }
 
-    fn guest(group: &Arc<CpuGroup>, shares: u64) -> (Arc<Meter>, Throttle) {
+    /// A guest's meter, its tick decisions, and a handle to charge it CPU time.
+    fn guest(group: &Arc<CpuGroup>, shares: u64) -> (Arc<Meter>, Throttle, Arc<TaskClock>) {
         let meter = Arc::new(Meter::new(Limits {
             cpu_shares: Some(shares),
             ..Default::default()
         }));
         group.join(&meter);
-        let t = Throttle::new(meter.clone(), group.clone());
-        (meter, t)
+        let clock = Arc::new(TaskClock::default());
+        let t = Throttle::new(meter.clone(), clock.clone(), group.clone());
+        (meter, t, clock)
+    }
+
+    fn spend(clock: &TaskClock, ns: u64) {
+        clock.done.fetch_add(ns, Ordering::Relaxed);
     }
 
     #[test]
     fn cpu_is_charged_to_the_virtual_clock_by_weight() {
         let group = Arc::new(CpuGroup::default());
-        let (heavy, mut h) = guest(&group, 2048);
-        let (light, mut l) = guest(&group, 512);
-        heavy.cpu_ns.fetch_add(40_000_000, Ordering::Relaxed);
-        light.cpu_ns.fetch_add(40_000_000, Ordering::Relaxed);
+        let (heavy, mut h, hc) = guest(&group, 2048);
+        let (light, mut l, lc) = guest(&group, 512);
+        spend(&hc, 40_000_000);
+        spend(&lc, 40_000_000);
         assert_eq!(h.turn(), Turn::Run);
         // The same CPU time weighs four times more for the light guest: its clock is now ahead
         // of the heavy one's (waiting for a thread), so it steps aside.
@@ -496,24 +541,24 @@ mod tests {
     #[test]
     fn a_guest_ahead_steps_aside_only_for_a_waiting_guest() {
         let group = Arc::new(CpuGroup::default());
-        let (a, mut ta) = guest(&group, 1024);
-        let (b, _tb) = guest(&group, 1024);
-        a.cpu_ns.fetch_add(50_000_000, Ordering::Relaxed);
+        let (_a, mut ta, ac) = guest(&group, 1024);
+        let (b, _tb, _) = guest(&group, 1024);
+        spend(&ac, 50_000_000);
         // b is behind but not waiting (blocked in a host call, say): a carries on.
         assert_eq!(ta.turn(), Turn::Run);
         b.waiting.store(true, Ordering::Relaxed);
-        a.cpu_ns.fetch_add(1_000_000, Ordering::Relaxed);
+        spend(&ac, 1_000_000);
         assert_eq!(ta.turn(), Turn::StepAside);
         // Within the slack, equals do not trade places.
         b.vruntime.store(40_000_000, Ordering::Relaxed);
-        a.cpu_ns.fetch_add(1_000_000, Ordering::Relaxed);
+        spend(&ac, 1_000_000);
         assert_eq!(ta.turn(), Turn::Run);
     }
 
     #[test]
     fn a_guest_keeping_its_thread_still_yields_now_and_then_and_when_interrupted() {
         let group = Arc::new(CpuGroup::default());
-        let (meter, mut t) = guest(&group, 1024);
+        let (meter, mut t, _) = guest(&group, 1024);
         let turns: Vec<Turn> = (0..MAX_KEPT_TICKS).map(|_| t.turn()).collect();
         assert_eq!(turns.iter().filter(|t| **t == Turn::Continue).count(), 1);
         assert_eq!(t.turn(), Turn::Run);
@@ -524,19 +569,19 @@ mod tests {
     #[test]
     fn newcomers_start_level_with_the_least_served() {
         let group = Arc::new(CpuGroup::default());
-        let (old, _) = guest(&group, 1024);
+        let (old, _, _) = guest(&group, 1024);
         old.vruntime.store(5_000_000_000, Ordering::Relaxed);
-        let (new, _) = guest(&group, 1024);
+        let (new, _, _) = guest(&group, 1024);
         assert_eq!(new.vruntime.load(Ordering::Relaxed), 5_000_000_000);
     }
 
     #[test]
     fn a_long_sleeper_gets_a_bounded_head_start() {
         let group = Arc::new(CpuGroup::default());
-        let (busy, mut t) = guest(&group, 1024);
-        let (sleeper, _) = guest(&group, 1024);
+        let (_busy, mut t, clock) = guest(&group, 1024);
+        let (sleeper, _, _) = guest(&group, 1024);
         sleeper.waiting.store(true, Ordering::Relaxed);
-        busy.cpu_ns.fetch_add(10_000_000_000, Ordering::Relaxed);
+        spend(&clock, 10_000_000_000);
         assert_eq!(t.turn(), Turn::StepAside);
         assert_eq!(
             sleeper.vruntime.load(Ordering::Relaxed),

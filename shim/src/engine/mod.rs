@@ -3,6 +3,7 @@
 //! environment, stdio files and preopened directories, and get an exit status back.
 
 pub mod cache;
+mod http;
 mod meter;
 
 use std::fs::File;
@@ -20,8 +21,11 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::Outcome;
-use meter::Turn;
+pub use http::HttpConfig;
 pub use meter::{host_reserve, Limits, Meter};
+use meter::{TaskClock, Turn};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// How often the epoch advances. Every running guest yields to the executor at each tick, which
 /// is what lets a kill interrupt a spinning guest and keeps one guest from starving the others.
@@ -44,11 +48,13 @@ pub enum EngineError {
     Preopen { path: PathBuf, reason: String },
 }
 
-/// A compiled guest: either a core module (WASI preview 1) or a component (WASI preview 2).
+/// A compiled guest: a core module (a WASI preview 1 command), a component that is a WASI
+/// preview 2 command, or a component that handles HTTP requests (`wasi:http/proxy`).
 #[derive(Clone)]
 pub enum Program {
     Module(Module),
     Component(CommandPre<ComponentState>),
+    Http(ProxyPre<ComponentState>),
 }
 
 impl Program {
@@ -56,6 +62,7 @@ impl Program {
         match self {
             Program::Module(_) => "module",
             Program::Component(_) => "component",
+            Program::Http(_) => "wasi:http component",
         }
     }
 }
@@ -109,6 +116,7 @@ pub struct ModuleState {
 
 pub struct ComponentState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
     table: ResourceTable,
     limiter: meter::Limiter,
 }
@@ -118,6 +126,16 @@ impl WasiView for ComponentState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
         }
     }
 }
@@ -161,6 +179,9 @@ impl Engine {
             .map_err(|e| EngineError::Config(format!("{e:?}")))?;
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components)
+            .map_err(|e| EngineError::Config(format!("{e:?}")))?;
+        // Commands may make outgoing requests too, not only HTTP handlers.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)
             .map_err(|e| EngineError::Config(format!("{e:?}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -240,9 +261,17 @@ impl Engine {
                     .components
                     .instantiate_pre(&c)
                     .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
-                CommandPre::new(pre)
-                    .map(Program::Component)
-                    .map_err(|e| EngineError::Compile(format!("not a WASI command: {e:#}")))
+                // An HTTP handler is served even if it also exports wasi:cli/run (a Rust binary
+                // built with the proxy world's export!, say), as `wasmtime serve` would.
+                if let Ok(proxy) = ProxyPre::new(pre.clone()) {
+                    return Ok(Program::Http(proxy));
+                }
+                CommandPre::new(pre).map(Program::Component).map_err(|e| {
+                    EngineError::Compile(format!(
+                        "the component is neither a WASI command (wasi:cli/run) nor an HTTP \
+                         handler (wasi:http/incoming-handler): {e:#}"
+                    ))
+                })
             }
         }
     }
@@ -256,8 +285,9 @@ impl Engine {
             Ok(b) => b,
             Err(e) => return fail(stderr, e.to_string()),
         };
-        let call = self.call(program, builder, meter.clone());
-        let result = meter::Metered::new(meter.clone(), self.cpu.clone(), call).await;
+        let clock = Arc::new(TaskClock::default());
+        let call = self.call(program, builder, meter.clone(), clock.clone());
+        let result = meter::Metered::new(meter.clone(), clock, self.cpu.clone(), call).await;
         let exit = match result {
             Ok(code) => Exit::Code(code),
             Err(e) => match e.downcast_ref::<I32Exit>() {
@@ -282,6 +312,7 @@ impl Engine {
         program: &Program,
         mut builder: WasiCtxBuilder,
         meter: Arc<Meter>,
+        clock: Arc<TaskClock>,
     ) -> wasmtime::Result<i32> {
         match program {
             Program::Module(module) => {
@@ -289,7 +320,7 @@ impl Engine {
                     wasi: builder.build_p1(),
                     limiter: meter::Limiter::new(meter.clone()),
                 };
-                let mut store = self.store(state, |s| &mut s.limiter, meter);
+                let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
                 let instance = self.modules.instantiate_async(&mut store, module).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await?;
@@ -298,16 +329,20 @@ impl Engine {
             Program::Component(pre) => {
                 let state = ComponentState {
                     wasi: builder.build(),
+                    http: WasiHttpCtx::new(),
                     table: ResourceTable::new(),
                     limiter: meter::Limiter::new(meter.clone()),
                 };
-                let mut store = self.store(state, |s| &mut s.limiter, meter);
+                let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
                 let command = pre.instantiate_async(&mut store).await?;
                 match command.wasi_cli_run().call_run(&mut store).await? {
                     Ok(()) => Ok(0),
                     Err(()) => Ok(1),
                 }
             }
+            Program::Http(_) => Err(wasmtime::format_err!(
+                "an HTTP handler is served (Engine::serve), not run"
+            )),
         }
     }
 
@@ -316,13 +351,14 @@ impl Engine {
         state: T,
         limiter: fn(&mut T) -> &mut meter::Limiter,
         meter: Arc<Meter>,
+        clock: Arc<TaskClock>,
     ) -> Store<T> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(1);
         // Every tick yields to the executor (so kills and other guests get their turn), and
         // sleeps first when the CPU quota is spent.
-        let mut throttle = meter::Throttle::new(meter.clone(), self.cpu.clone());
+        let mut throttle = meter::Throttle::new(meter.clone(), clock, self.cpu.clone());
         let group = self.cpu.clone();
         store.epoch_deadline_callback(move |_| {
             Ok(match throttle.turn() {

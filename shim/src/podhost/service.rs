@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use super::cgroup::{self, PodCgroup};
 use super::spec;
-use crate::engine::{Engine, Exit, GuestContext, Meter, Program};
+use crate::engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Program};
 use crate::error::Error;
 use crate::image::{Containerd, ImageError};
 
@@ -68,7 +68,15 @@ enum Kind {
     /// The pod's pause container: it holds the pod, runs nothing.
     Sandbox,
     /// A Wasm container; the compiled program and its context are taken at start.
-    Wasm(Option<(Program, GuestContext)>),
+    Wasm(Option<Box<Prepared>>),
+}
+
+/// A Wasm container ready to start.
+struct Prepared {
+    program: Program,
+    ctx: GuestContext,
+    /// How an HTTP handler serves (from the container's environment).
+    http: HttpConfig,
 }
 
 struct Container {
@@ -85,6 +93,8 @@ struct Container {
     exit: watch::Sender<Option<Exited>>,
     kill: Option<watch::Sender<Option<u32>>>,
     meter: Arc<Meter>,
+    /// An HTTP handler: SIGTERM drains it rather than ending it.
+    serves_http: bool,
 }
 
 impl Container {
@@ -110,6 +120,8 @@ struct Inner {
     exit: Arc<ExitSignal>,
     /// The pod's cgroup, once the shim has joined it.
     cgroup: Mutex<Option<PodCgroup>>,
+    /// The pod's network namespace, as the sandbox's spec names it.
+    pod_netns: Mutex<Option<PathBuf>>,
 }
 
 impl Service {
@@ -130,6 +142,7 @@ impl Service {
                 publisher,
                 exit,
                 cgroup: Mutex::new(None),
+                pod_netns: Mutex::new(None),
             }),
         }
     }
@@ -246,12 +259,13 @@ impl Service {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             mounted_rootfs: None,
-            netns: spec::netns(&spec),
+            netns: self.netns(&spec),
             kind: Kind::Sandbox,
             state: State::Created,
             exit,
             kill: None,
             meter: Arc::new(Meter::new(spec::limits(&spec))),
+            serves_http: false,
         };
         // The process belongs in the cgroup of the pod (or of a standalone container), not
         // of its app containers, which are no processes of their own.
@@ -271,7 +285,8 @@ impl Service {
         let prepared = self.prepare(&req.id, &spec, &rootfs, req).await;
         match prepared {
             Ok(p) => {
-                container.kind = Kind::Wasm(Some(p));
+                container.serves_http = matches!(p.program, Program::Http(_));
+                container.kind = Kind::Wasm(Some(Box::new(p)));
                 Ok(container)
             }
             Err(e) => {
@@ -280,6 +295,29 @@ impl Service {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// The network namespace a container's guests run in. The sandbox's spec names the pod's
+    /// (CNI's `/var/run/netns/cni-…`); app containers get `/proc/<sandbox pid>/ns/net` from
+    /// containerd, and the sandbox "process" is this shim, in the host's namespace. So app
+    /// containers use the namespace their sandbox named.
+    fn netns(&self, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+        let named = spec::netns(spec);
+        let mut pod = self
+            .inner
+            .pod_netns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if spec::is_sandbox(spec) {
+            pod.clone_from(&named);
+            return named;
+        }
+        let own = PathBuf::from(format!("/proc/{}/ns/net", self.inner.pid));
+        match (&*pod, named) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(n)) if n == own => None,
+            (None, n) => n,
         }
     }
 
@@ -306,23 +344,25 @@ impl Service {
         spec: &oci_spec::runtime::Spec,
         rootfs: &Path,
         req: &CreateTaskRequest,
-    ) -> Result<(Program, GuestContext)> {
+    ) -> Result<Prepared> {
         let (name, bytes) = self.module(id, spec, rootfs).await?;
         let (program, outcome) = self
             .engine()?
             .compile_cached(&bytes)
             .map_err(|e| Error::InvalidArgument(format!("module {name}: {e}")))?;
         tracing::debug!(id, module = %name, kind = program.kind(), ?outcome, "module ready");
+        let env = spec::env(spec);
+        let http = spec::http_config(&env).map_err(Error::InvalidArgument)?;
         let ctx = GuestContext {
             args: spec::args(spec),
-            env: spec::env(spec),
+            env,
             cwd: spec::cwd(spec),
             stdin: open_stdin(&req.stdin)?,
             stdout: open_output(&req.stdout)?,
             stderr: open_output(&req.stderr)?,
             preopens: spec::preopens(spec, rootfs),
         };
-        Ok((program, ctx))
+        Ok(Prepared { program, ctx, http })
     }
 
     /// The module to run and its name for messages. A file named by the command in the rootfs
@@ -426,18 +466,37 @@ impl Service {
             }),
         )
         .await;
-        let (Some((program, ctx)), Some((guests, engine))) = (prepared, runner) else {
+        let (Some(prepared), Some((guests, engine))) = (prepared, runner) else {
             return Ok(self.inner.pid);
         };
 
         let service = self.clone();
         let id = id.to_string();
         guests.spawn(async move {
-            // Dropping the guest's future is how a kill stops it: the guest yields at every
-            // epoch tick and every host call, so this happens within one tick.
-            let exit = tokio::select! {
-                exit = engine.run(&program, ctx, meter) => Ok(exit),
-                Ok(sig) = kill_rx.wait_for(Option::is_some) => Err(sig.unwrap_or(libc::SIGKILL as u32)),
+            let Prepared { program, ctx, http } = *prepared;
+            // Dropping the guest's future is how a kill stops it: the guest yields at the next
+            // epoch tick once interrupted, and at every host call, so this takes one tick. An
+            // HTTP server drains on any signal but SIGKILL: it stops accepting and finishes the
+            // requests in flight, within the grace period the kubelet gives before SIGKILL.
+            let exit = match &program {
+                Program::Http(pre) => {
+                    let mut signalled = kill_rx.clone();
+                    let drain = async move {
+                        let _ = signalled.wait_for(Option::is_some).await;
+                    };
+                    tokio::select! {
+                        exit = engine.serve(pre, ctx, meter, http, drain) => Ok(exit),
+                        Ok(_) = kill_rx.wait_for(|s| *s == Some(libc::SIGKILL as u32)) => {
+                            Err(libc::SIGKILL as u32)
+                        }
+                    }
+                }
+                _ => tokio::select! {
+                    exit = engine.run(&program, ctx, meter) => Ok(exit),
+                    Ok(sig) = kill_rx.wait_for(Option::is_some) => {
+                        Err(sig.unwrap_or(libc::SIGKILL as u32))
+                    }
+                },
             };
             let status = match exit {
                 Ok(exit) => {
@@ -446,7 +505,9 @@ impl Service {
                             container_id: id.clone(),
                             ..Default::default()
                         };
-                        service.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
+                        service
+                            .publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom))
+                            .await;
                     }
                     exit.status() as u32
                 }
@@ -472,8 +533,11 @@ impl Service {
             match (&c.kind, &c.kill) {
                 (Kind::Wasm(_), Some(kill)) => {
                     kill.send_replace(Some(signal));
-                    // The guest must give its future back at the next tick to be dropped.
-                    c.meter.interrupt();
+                    // A guest that ends must give its future back at the next tick to be
+                    // dropped; an HTTP server that drains keeps serving meanwhile.
+                    if signal == libc::SIGKILL as u32 || !c.serves_http {
+                        c.meter.interrupt();
+                    }
                     false
                 }
                 // A sandbox, or a container that never started, ends right away.

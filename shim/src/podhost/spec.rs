@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
-use crate::engine::{Limits, Preopen};
+use crate::engine::{HttpConfig, Limits, Preopen};
 use crate::error::Error;
 
 /// The annotation CRI sets on every container; "sandbox" marks the pod's pause container.
@@ -91,6 +91,49 @@ pub fn cwd(spec: &Spec) -> Option<String> {
         .as_ref()
         .map(|p| p.cwd().to_string_lossy().into_owned())
         .filter(|c| !c.is_empty())
+}
+
+/// The environment variable that sets where an HTTP handler listens: `HOST:PORT` or a port.
+pub const HTTP_ADDRESS: &str = "WASMPOD_HTTP_ADDRESS";
+/// The environment variable that bounds one HTTP request: seconds, or `500ms` / `30s`.
+pub const HTTP_REQUEST_TIMEOUT: &str = "WASMPOD_HTTP_REQUEST_TIMEOUT";
+
+/// How an HTTP handler serves, from the container's environment (defaults: `0.0.0.0:8080`,
+/// 60 s per request).
+pub fn http_config(env: &[(String, String)]) -> Result<HttpConfig, String> {
+    let mut config = HttpConfig::default();
+    let get = |k: &str| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim())
+    };
+    if let Some(v) = get(HTTP_ADDRESS).filter(|v| !v.is_empty()) {
+        config.address = match v.parse::<u16>() {
+            Ok(port) => std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+            Err(_) => v.parse().map_err(|e| {
+                format!("{HTTP_ADDRESS}={v}: not HOST:PORT (like 0.0.0.0:8080) or a port: {e}")
+            })?,
+        };
+    }
+    if let Some(v) = get(HTTP_REQUEST_TIMEOUT).filter(|v| !v.is_empty()) {
+        let (number, scale) = match v.strip_suffix("ms") {
+            Some(n) => (n, 1e-3),
+            None => (v.strip_suffix('s').unwrap_or(v), 1.0),
+        };
+        config.request_timeout = number
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n > 0.0)
+            .map(|n| std::time::Duration::from_secs_f64(n * scale))
+            .ok_or_else(|| {
+                format!(
+                    "{HTTP_REQUEST_TIMEOUT}={v}: not a positive duration (like 30, 30s or 500ms)"
+                )
+            })?;
+    }
+    Ok(config)
 }
 
 /// The container's memory and CPU limits from `linux.resources`.
@@ -275,6 +318,33 @@ mod tests {
             "linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 100000}}}
         }));
         assert_eq!(limits(&s), Limits::default());
+    }
+
+    #[test]
+    fn http_config_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = http_config(&[]).unwrap();
+        assert_eq!(c.address.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.request_timeout.as_secs(), 60);
+        let c = http_config(&env(&[
+            (HTTP_ADDRESS, "127.0.0.1:9000"),
+            (HTTP_REQUEST_TIMEOUT, "500ms"),
+        ]))
+        .unwrap();
+        assert_eq!(c.address.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.request_timeout.as_millis(), 500);
+        let c = http_config(&env(&[(HTTP_ADDRESS, "9090"), (HTTP_REQUEST_TIMEOUT, "2")])).unwrap();
+        assert_eq!(c.address.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.request_timeout.as_secs(), 2);
+        let e = http_config(&env(&[(HTTP_ADDRESS, "localhost")])).unwrap_err();
+        assert!(e.contains("WASMPOD_HTTP_ADDRESS=localhost"), "{e}");
+        let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "-1")])).unwrap_err();
+        assert!(e.contains("not a positive duration"), "{e}");
     }
 
     #[test]
