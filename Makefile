@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build release lint unit e2e test demo bench clean installer-test chart-test installer-live installer-image
+.PHONY: help build release lint unit e2e test demo bench bench-wasmtime clean installer-test chart-test installer-live installer-image
 .PHONY: kind-test kind-check image chart-lint install deps
 
 help: ## list the targets
@@ -63,8 +63,11 @@ test: deps lint unit chart-test kind-check e2e installer-live ## everything CI r
 demo: ## set up the test bed and run a Wasm pod through containerd's CRI (root)
 	bash e2e/demo.sh
 
-bench: ## start-up and memory figures for wasmpod vs runc on this machine (root)
+bench: ## start-up, memory and HTTP figures for wasmpod vs runc / native / wasmtime serve (root)
 	bash e2e/bench.sh
+
+bench-wasmtime: ## build wasmtime-cli 48 for `wasmtime serve` in make bench (slow: ~20 min on 2 cores)
+	cargo install wasmtime-cli --version 48.0.8 --locked --root $${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}/wasmtime-cli
 
 clean: ## remove build output (the test bed cache in /var/tmp/wasmpod-testbed stays)
 	$(CARGO) clean

@@ -110,9 +110,8 @@ def test_default_render(tmp_path):
     objs = objects(files)
     kinds = sorted(o["kind"] for o in objs)
     assert kinds == sorted(["RuntimeClass", "RuntimeClass", "DaemonSet", "ServiceAccount",
-                            "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Role",
-                            "RoleBinding", "ConfigMap", "Pod"]), kinds
-    assert out.count("ok ") == len(objs) + 1  # plus the embedded Wasm pod
+                            "ClusterRole", "ClusterRoleBinding", "Pod"]), kinds
+    assert out.count("ok ") == len(objs)
 
     rcs = {rc["metadata"]["name"]: rc for rc in by_kind(objs, "RuntimeClass")}
     assert set(rcs) == {"wasmtime", "wasmtime-isolated"}
@@ -145,9 +144,20 @@ def test_default_render(tmp_path):
     (binding,) = by_kind(objs, "ClusterRoleBinding")
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == "wasmpod-installer"
 
-    # helm test: a checker pod that runs a Wasm pod with runtimeClassName wasmtime, checks logs
-    test_pod = [p for p in by_kind(objs, "Pod") if p["metadata"]["annotations"]["helm.sh/hook"] == "test"]
-    assert len(test_pod) == 1
+    # helm test: by default the Wasm pod itself is the hook (no kubectl image needed)
+    (test_pod,) = [p for p in by_kind(objs, "Pod") if p["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    assert test_pod["spec"]["runtimeClassName"] == "wasmtime"
+    assert test_pod["spec"]["restartPolicy"] == "Never"
+    assert test_pod["spec"]["containers"][0]["command"] == ["/hello.wasm"]
+    assert not by_kind(objs, "ConfigMap")
+
+
+def test_helm_test_checks_the_log_with_a_kubectl_image(tmp_path):
+    files = render({"test": {"kubectlImage": "registry.example.com/tools/kubectl-sh:1.33"}})
+    check_manifests(tmp_path, files)
+    objs = objects(files)
+    (checker,) = [p for p in by_kind(objs, "Pod") if p["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    assert checker["spec"]["containers"][0]["image"] == "registry.example.com/tools/kubectl-sh:1.33"
     (cm,) = by_kind(objs, "ConfigMap")
     wasm = yaml.safe_load(cm["data"]["wasm-pod.yaml"])
     assert wasm["spec"]["runtimeClassName"] == "wasmtime"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release shim, starts containerd 2.1 (or $WASMPOD_CONTAINERD) with
-# it, and prints start-up and memory figures for wasmpod next to runc. Root, Debian 12.
+# it, and prints start-up and memory figures for wasmpod next to runc, and HTTP figures next
+# to a native hyper server and `wasmtime serve` (when built). Root, Debian 12.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 V=${WASMPOD_CONTAINERD:-2.1}
+# `wasmtime serve` for the HTTP comparison, where `make bench-wasmtime` built it.
+export WASMPOD_WASMTIME=${WASMPOD_WASMTIME:-${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}/wasmtime-cli/bin/wasmtime}
 bash e2e/testbed.sh install
 cargo build -q --release -p wasmpod-shim
-cargo build -q --release -p wasmpod-e2e --bin bench
+cargo build -q --release -p wasmpod-e2e --bin bench --bin hello-server
 bash e2e/testbed.sh images
 trap 'bash e2e/testbed.sh stop "$V"' EXIT
 env_file=$(mktemp)

@@ -82,6 +82,8 @@ async fn main() -> Result<()> {
         (median(&limited) / median(&free) - 1.0) * 100.0
     );
 
+    http_bench(&bed, &mut cri).await?;
+
     let (wasm_pss, wasm_procs) = idle_pod_pss(
         &bed,
         &mut cri,
@@ -105,6 +107,145 @@ async fn main() -> Result<()> {
         runc_pss as f64 / 1024.0
     );
     Ok(())
+}
+
+/// wrk against the wasi:http test handler in a Wasm pod, a native hyper server and (when a
+/// `wasmtime` binary is found: $WASMPOD_WASMTIME or PATH) `wasmtime serve` on the same
+/// component. The native and `wasmtime serve` servers run inside the Wasm pod's network
+/// namespace (nsenter), so all three are reached over the same bridge and veth.
+async fn http_bench(bed: &Bed, cri: &mut Cri) -> Result<()> {
+    let pod = cri.run_pod_networked(bed, "bench-http", HANDLER).await?;
+    let spec = ContainerSpec {
+        name: "server".into(),
+        image: HTTP_HANDLER.into(),
+        ..Default::default()
+    };
+    let id = cri.run(&pod, spec).await?;
+    let ip = cri.pod_ip(&pod).await?;
+    let netns = pod_netns(bed, &pod)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut servers = vec![("wasmpod (wasi:http pod)", format!("{ip}:8080"))];
+    let mut children = Vec::new();
+    let native = root.join("target/release/hello-server");
+    children.push(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .arg(&native)
+            .arg("0.0.0.0:8081")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", native.display()))?,
+    );
+    servers.push(("native hyper", format!("{ip}:8081")));
+    let wasmtime = std::env::var("WASMPOD_WASMTIME")
+        .ok()
+        .filter(|p| Path::new(p).exists())
+        .or_else(|| which("wasmtime"));
+    match &wasmtime {
+        Some(bin) => {
+            children.push(
+                std::process::Command::new("nsenter")
+                    .arg(format!("--net={netns}"))
+                    .arg(bin)
+                    .args(["serve", "--addr", "0.0.0.0:8082"])
+                    .arg(root.join("target/wasm32-wasip2/release/wasmpod_http_handler.wasm"))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting wasmtime serve")?,
+            );
+            servers.push(("wasmtime serve", format!("{ip}:8082")));
+        }
+        None => println!(
+            "wasmtime serve: no wasmtime binary (set WASMPOD_WASMTIME; `make bench-wasmtime` builds wasmtime-cli 48)"
+        ),
+    }
+    let mut results = Vec::new();
+    for (name, addr) in &servers {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while wasmpod_e2e::http::get(addr, "/")
+            .await
+            .map(|r| r.status)
+            .ok()
+            != Some(200)
+        {
+            if Instant::now() > deadline {
+                bail!("{name} at {addr} never answered");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Warm up (compile caches, connection pools), then measure.
+        wrk(addr, 2)?;
+        let (rps, p99) = wrk(addr, 10)?;
+        println!(
+            "HTTP hello, wrk 1 thread 32 connections 10 s: {name:<26} {rps:>9.0} req/s  p99 {p99}"
+        );
+        results.push(rps);
+    }
+    if let Some(shim) = shim_processes(&pod.id).first() {
+        println!(
+            "memory (PSS) of the serving Wasm pod after the load: {:.2} MiB",
+            pss_kib(*shim) as f64 / 1024.0
+        );
+    }
+    println!("wasi:http vs native hyper: {:.2}x", results[0] / results[1]);
+    if results.len() > 2 {
+        println!(
+            "wasi:http vs wasmtime serve: {:.2}x",
+            results[0] / results[2]
+        );
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    cri.stop(&id, 10).await?;
+    cri.remove_pod(&pod).await?;
+    Ok(())
+}
+
+/// The network namespace CNI made for a pod, from the sandbox's spec.
+fn pod_netns(bed: &Bed, pod: &Pod) -> Result<String> {
+    let (_, out, err) = bed.ctr("k8s.io", &["containers", "info", &pod.id])?;
+    let info: serde_json::Value = serde_json::from_str(&out).with_context(|| err.clone())?;
+    info["Spec"]["linux"]["namespaces"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
+        .and_then(|n| n["path"].as_str())
+        .map(str::to_string)
+        .context("the pod has no network namespace path")
+}
+
+/// Runs wrk for `seconds`; requests per second and the p99 latency as wrk prints it.
+fn wrk(addr: &str, seconds: u32) -> Result<(f64, String)> {
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", "-c32", "--latency"])
+        .arg(format!("-d{seconds}s"))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("running wrk (Debian package wrk; e2e/testbed.sh install)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    if text.contains("Non-2xx") {
+        bail!("{addr} answered errors under load: {text}");
+    }
+    Ok((rps, p99))
+}
+
+fn which(name: &str) -> Option<String> {
+    std::env::var("PATH").ok()?.split(':').find_map(|d| {
+        let p = Path::new(d).join(name);
+        p.exists().then(|| p.to_string_lossy().into_owned())
+    })
 }
 
 /// CRI start-to-exit of the large module (`big-artifact`, e2e/workloads `big`): with the
