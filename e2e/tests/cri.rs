@@ -377,12 +377,13 @@ async fn corrupt_compile_cache_entries_are_recompiled() {
     assert!(pod.log_text("echo").contains("args: b"));
 }
 
-#[tokio::test]
-async fn the_pod_shim_lives_in_the_pod_cgroup() {
+/// Runs a pod with one sleeping container under `handler` with the given cgroup parent,
+/// checks that the pod's shim sits in the cgroup `want(pod id)` in every hierarchy, ends the
+/// pod and waits for the shim and the pod's cgroup to go.
+async fn shim_cgroup_of_pod(handler: &str, parent: &str, want: impl Fn(&str) -> String) {
     let (bed, mut cri) = connect().await;
-    let parent = format!("/wasmpod-e2e/{}", unique("pod"));
     let pod = cri
-        .run_pod_in(&bed, "cgroup", HANDLER, &parent)
+        .run_pod_in(&bed, "cgroup", handler, parent)
         .await
         .unwrap();
     let id = cri
@@ -398,7 +399,7 @@ async fn the_pod_shim_lives_in_the_pod_cgroup() {
     let shim = shim_processes(&pod.id);
     assert_eq!(shim.len(), 1);
     let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", shim[0])).unwrap();
-    let want = format!("{parent}/{}", pod.id);
+    let want = want(&pod.id);
     assert!(
         cgroups.lines().all(|l| l.ends_with(&want)),
         "every hierarchy puts the shim in {want}:\n{cgroups}"
@@ -415,12 +416,13 @@ async fn the_pod_shim_lives_in_the_pod_cgroup() {
         cgroups_mentioning(&pod.id),
         Vec::<std::path::PathBuf>::new()
     );
-    let top = parent
-        .trim_start_matches('/')
-        .split('/')
-        .nth(1)
-        .unwrap()
-        .to_string();
+}
+
+#[tokio::test]
+async fn the_pod_shim_lives_in_the_pod_cgroup() {
+    let top = unique("pod");
+    let parent = format!("/wasmpod-e2e/{top}");
+    shim_cgroup_of_pod(HANDLER, &parent, |pod| format!("{parent}/{pod}")).await;
     assert_eq!(
         cgroups_mentioning(&top),
         Vec::<std::path::PathBuf>::new(),
@@ -433,38 +435,11 @@ async fn the_pod_shim_lives_in_the_pod_cgroup() {
 /// metrics and limits line up with the kubelet's on systemd nodes.
 #[tokio::test]
 async fn the_pod_shim_joins_the_systemd_form_of_the_pod_cgroup() {
-    let (bed, mut cri) = connect().await;
     // '-' separates slice levels in systemd names, so the unique part has none.
     let slice = format!("wasmpod_e2e-pod{}.slice", unique("sd").replace('-', "_"));
-    let pod = cri
-        .run_pod_in(&bed, "systemd", "wasmtime-systemd", &slice)
-        .await
-        .unwrap();
-    let id = cri
-        .run(
-            &pod,
-            ContainerSpec::wasm("sleeper", "sleep.wasm", &["3600"]),
-        )
-        .await
-        .unwrap();
-    pod.wait_log("sleeper", "sleeping", EXIT_WAIT)
-        .await
-        .unwrap();
-    let shim = shim_processes(&pod.id);
-    assert_eq!(shim.len(), 1);
-    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", shim[0])).unwrap();
-    let want = format!("/wasmpod_e2e.slice/{slice}/cri-containerd-{}.scope", pod.id);
-    assert!(
-        cgroups.lines().all(|l| l.ends_with(&want)),
-        "every hierarchy puts the shim in {want}:\n{cgroups}"
-    );
-    cri.stop(&id, 0).await.unwrap();
-    cri.remove_pod(&pod).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
-            .is_empty())
-        .await,
-        "shim still running"
-    );
+    shim_cgroup_of_pod("wasmtime-systemd", &slice, |pod| {
+        format!("/wasmpod_e2e.slice/{slice}/cri-containerd-{pod}.scope")
+    })
+    .await;
     assert_eq!(cgroups_mentioning(&slice), Vec::<std::path::PathBuf>::new());
 }

@@ -6,18 +6,23 @@ use wasmpod_e2e::*;
 
 const HELLO: &str = "hello from wasmpod";
 
-/// Pulls a registry image and runs it to its exit in a fresh pod.
-async fn pull_and_run(image: &str, command: &[&str], args: &[&str]) -> (Pod, i32, String) {
+/// Pulls a registry image (CRI PullImage); a container "app" of it.
+async fn pulled(image: &str, command: &[&str], args: &[&str]) -> ContainerSpec {
     let (bed, mut cri) = connect().await;
     let reference = bed.image(image);
     cri.pull(&reference).await.expect("PullImage");
-    let spec = ContainerSpec {
+    ContainerSpec {
         name: "app".into(),
         image: reference,
         command: command.iter().map(|s| s.to_string()).collect(),
         args: args.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
-    };
+    }
+}
+
+/// Pulls a registry image and runs it to its exit in a fresh pod.
+async fn pull_and_run(image: &str, command: &[&str], args: &[&str]) -> (Pod, i32, String) {
+    let spec = pulled(image, command, args).await;
     let (pod, status) = run_to_exit(image, spec).await;
     let log = pod.log_text("app");
     (pod, status.exit_code, log)
@@ -25,16 +30,7 @@ async fn pull_and_run(image: &str, command: &[&str], args: &[&str]) -> (Pod, i32
 
 /// Pulls a registry image whose container must fail to start; the status message.
 async fn pull_and_fail(image: &str, command: &[&str]) -> String {
-    let (bed, mut cri) = connect().await;
-    let reference = bed.image(image);
-    cri.pull(&reference).await.expect("PullImage");
-    let spec = ContainerSpec {
-        name: "app".into(),
-        image: reference,
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    start_error(image, spec).await
+    start_error(image, pulled(image, command, &[]).await).await
 }
 
 #[tokio::test]
