@@ -147,7 +147,7 @@ async fn http_bench(bed: &Bed, cri: &mut Cri) -> Result<()> {
                 std::process::Command::new("nsenter")
                     .arg(format!("--net={netns}"))
                     .arg(bin)
-                    .args(["serve", "--addr", "0.0.0.0:8082"])
+                    .args(["serve", "-Scli", "--addr", "0.0.0.0:8082"])
                     .arg(root.join("target/wasm32-wasip2/release/wasmpod_http_handler.wasm"))
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())

@@ -229,9 +229,16 @@ pub struct CpuGroup {
 }
 
 impl CpuGroup {
+    /// Adds a guest's meter (once: an HTTP guest's requests all share their container's).
     fn join(&self, meter: &Arc<Meter>) {
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         members.retain(|m| m.strong_count() > 0);
+        if members
+            .iter()
+            .any(|m| std::ptr::eq(m.as_ptr(), Arc::as_ptr(meter)))
+        {
+            return;
+        }
         // A newcomer starts level with the least-served guest, not at zero, or it would hold
         // a thread until it had caught up with guests that ran for hours.
         let floor = members
@@ -573,6 +580,16 @@ mod tests {
         old.vruntime.store(5_000_000_000, Ordering::Relaxed);
         let (new, _, _) = guest(&group, 1024);
         assert_eq!(new.vruntime.load(Ordering::Relaxed), 5_000_000_000);
+    }
+
+    #[test]
+    fn a_meter_joins_once_however_many_tasks_it_has() {
+        let group = Arc::new(CpuGroup::default());
+        let (meter, _, _) = guest(&group, 1024);
+        for _ in 0..100 {
+            group.join(&meter);
+        }
+        assert_eq!(group.members.lock().unwrap().len(), 1);
     }
 
     #[test]
