@@ -2,8 +2,8 @@
 # The end-to-end test bed: real containerd 1.7 and 2.1, runc, a registry and locally built
 # images.
 #
-#   e2e/testbed.sh install        packages, containerd, registry and oras .debs (private apt
-#                                 config, unpacked under the test bed), Wasm targets
+#   e2e/testbed.sh install        packages, containerd and registry .debs (private apt config,
+#                                 unpacked under the test bed), Wasm targets
 #   e2e/testbed.sh images         pause, busybox and Wasm workload images (OCI archives)
 #   e2e/testbed.sh start 1.7|2.1  start that containerd with the wasmtime handler and a registry
 #                                 holding the registry images; prints env
@@ -24,8 +24,8 @@ REGISTRY=${WASMPOD_REGISTRY:-127.0.0.1:5000}
 declare -A SUITE=([1.7]=trixie [2.1]=sid)
 declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
 # Tools unpacked from .debs rather than installed: the registry package would start a
-# system service, and oras is not in bookworm. package=suite:version.
-declare -A TOOLS=([docker-registry]="bookworm:2.8.2+ds1-1" [oras]="trixie:1.2.0-1+b9")
+# system service. package=suite:version.
+declare -A TOOLS=([docker-registry]="bookworm:2.8.2+ds1-1")
 PACKAGES=(runc curl containernetworking-plugins wrk protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
@@ -97,7 +97,6 @@ cmd_install() {
 	fetch_containerd 1.7
 	fetch_containerd 2.1
 	fetch_tool docker-registry
-	fetch_tool oras
 }
 
 cmd_images() {
@@ -346,8 +345,8 @@ EOF
 	local t name
 	for t in "$IMAGES"/registry/*.tar; do
 		name=$(basename "$t" .tar)
-		"$TB/tools/oras/usr/bin/oras" cp --from-oci-layout "$t:1" --to-plain-http \
-			"$REGISTRY/wasmpod/$name:1" >/dev/null || die "cannot push $name to the registry"
+		python3 "$ROOT/e2e/images/push.py" "$t" "$REGISTRY/wasmpod/$name:1" ||
+			die "cannot push $name to the registry"
 	done
 	log "registry at $REGISTRY with $(ls "$IMAGES"/registry/*.tar | wc -l) images"
 }

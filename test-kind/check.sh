@@ -95,7 +95,7 @@ dry_run() {
 	outp=$(env -u KIND_NODE_IMAGE test-kind/run.sh --dry-run 2>&1) || { echo "$outp"; return 1; }
 	local want=(
 		"docker build -f runtimeclass/Dockerfile"
-		"+ skopeo copy"
+		"+ python3 e2e/images/push.py"
 		"+ kind create cluster --name wasmpod"
 		"+ docker network connect kind"
 		"+ kind load docker-image"

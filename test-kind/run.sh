@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# wasmpod on a real kind cluster: build the installer image and the Wasm workloads image,
-# create the cluster with a local registry, `helm install`, run workloads that assert on real
-# results, `helm test`, then uninstall and check the worker is as it was.
+# wasmpod on a real kind cluster: build the installer image and the Wasm images (a compat
+# image, a Wasm OCI artifact, a wasi/wasm platform image), create the cluster with a local
+# registry, `helm install`, run workloads that assert on real results, `helm test`, then
+# uninstall and check the worker is as it was.
 #
-#   test-kind/run.sh            run it (needs docker, kind, kubectl, helm, skopeo, cargo with
+#   test-kind/run.sh            run it (needs docker, kind, kubectl, helm, curl, cargo with
 #                               the wasm32-wasip1 target, python3)
 #   test-kind/run.sh --dry-run  print the exact commands instead of running them
 #
 # Variables: KIND_NODE_IMAGE (another Kubernetes/containerd version; see kind-config.yaml),
 # KIND_CLUSTER (name, default wasmpod), INSTALLER_IMAGE, SKIP_INSTALLER_BUILD=1 (use an
-# INSTALLER_IMAGE already in docker), KUBECTL_IMAGE (the helm test checker image),
+# INSTALLER_IMAGE already in docker, as repo:tag), KUBECTL_IMAGE (an image with kubectl and
+# sh: helm test then also checks the Wasm pod's log),
 # KEEP_CLUSTER=1 (no teardown), ARTIFACTS (where `kind export logs` writes on failure).
 set -euo pipefail
 
@@ -37,6 +39,8 @@ REGISTRY_IMAGE=registry:2.8.3
 REGISTRY_NAME=$KIND_CLUSTER-registry
 REGISTRY_PORT=5001 # the workload manifests name localhost:5001/...
 WASM_IMAGE=localhost:$REGISTRY_PORT/wasmpod/workloads:1
+ARTIFACT_IMAGE=localhost:$REGISTRY_PORT/wasmpod/hello-artifact:1
+WASI_IMAGE=localhost:$REGISTRY_PORT/wasmpod/hello-wasi:1
 NS=wasmpod
 TNS=wasmpod-test
 LABEL=wasmpod.dev/wasmtime
@@ -73,8 +77,8 @@ save() {
 	[ "$DRY_RUN" = 1 ] || "$@" >"$f"
 }
 
-# gone SELECTOR: wait until no pod in $NS matches (kubectl wait --for=delete fails when the
-# pods are already gone, which is the state we want).
+# gone SELECTOR: wait until no pod in $NS matches (older kubectl's wait --for=delete fails
+# when the pods are already gone, which is the state we want).
 gone() {
 	show kubectl -n "$NS" get pods -l "$1" -o name
 	[ "$DRY_RUN" = 1 ] && return 0
@@ -122,35 +126,50 @@ teardown() {
 }
 trap teardown EXIT
 
-for tool in docker kind kubectl helm skopeo cargo python3; do
+for tool in docker kind kubectl helm curl cargo python3; do
 	[ "$DRY_RUN" = 1 ] || command -v "$tool" >/dev/null || fail "$tool is needed"
 done
 if [ "$DRY_RUN" = 0 ] && kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
 	fail "a kind cluster named $KIND_CLUSTER exists: delete it or set KIND_CLUSTER"
 fi
+if [ "$DRY_RUN" = 0 ] && docker inspect "$REGISTRY_NAME" >/dev/null 2>&1; then
+	fail "a container named $REGISTRY_NAME exists: remove it or set KIND_CLUSTER"
+fi
 run mkdir -p "$WORK" "$ARTIFACTS"
 cd "$ROOT"
 
-step "build the Wasm workloads image (e2e/workloads, packed by e2e/images/ociimage.py)"
+step "build the Wasm images (e2e/workloads, packed by e2e/images/ociimage.py)"
 run cargo build --release --locked -p wasmpod-workloads --target wasm32-wasip1
+w=target/wasm32-wasip1/release
 files=()
 for m in hello exit sleep memhog work readfile; do
-	files+=(--file "target/wasm32-wasip1/release/$m.wasm:/$m.wasm")
+	files+=(--file "$w/$m.wasm:/$m.wasm")
 done
 # A compat image: the modules in the rootfs, the entrypoint a .wasm file, the annotation.
 run python3 e2e/images/ociimage.py --out "$WORK/workloads.tar" --name wasmpod.test/workloads:1 \
 	"${files[@]}" --entrypoint /hello.wasm --annotation module.wasm.image/variant=compat
+# A Wasm OCI artifact (module layer, no filesystem) and a wasi/wasm platform image (a single
+# manifest: CRI pulls no index that lacks the node's platform).
+run python3 e2e/images/ociimage.py --out "$WORK/hello-artifact.tar" --name wasmpod.test/hello-artifact:1 \
+	--wasm-layer "$w/hello.wasm"
+run python3 e2e/images/ociimage.py --out "$WORK/hello-wasi.tar" --name wasmpod.test/hello-wasi:1 \
+	--platform wasi/wasm --file "$w/hello.wasm:/hello.wasm" --entrypoint /hello.wasm
 
 if [ "${SKIP_INSTALLER_BUILD:-0}" != 1 ]; then
 	step "build the installer image (runtimeclass/Dockerfile: installer + shim, one architecture)"
 	run env DOCKER_BUILDKIT=1 docker build -f runtimeclass/Dockerfile -t "$INSTALLER_IMAGE" .
 fi
 
-step "start the local registry $REGISTRY_NAME on localhost:$REGISTRY_PORT"
-run docker rm -f "$REGISTRY_NAME"
+step "start the local registry $REGISTRY_NAME on localhost:$REGISTRY_PORT and push the images"
 REGISTRY_STARTED=1
 run docker run -d --restart=always -p "127.0.0.1:$REGISTRY_PORT:5000" --name "$REGISTRY_NAME" "$REGISTRY_IMAGE"
-run skopeo copy --dest-tls-verify=false "oci-archive:$WORK/workloads.tar:1" "docker://$WASM_IMAGE"
+if [ "$DRY_RUN" = 0 ]; then
+	for _ in $(seq 30); do curl -sf "http://localhost:$REGISTRY_PORT/v2/" >/dev/null && break; sleep 1; done
+fi
+# push.py speaks the registry API itself: manifests go up byte for byte, artifacts included.
+run python3 e2e/images/push.py "$WORK/workloads.tar" "$WASM_IMAGE"
+run python3 e2e/images/push.py "$WORK/hello-artifact.tar" "$ARTIFACT_IMAGE"
+run python3 e2e/images/push.py "$WORK/hello-wasi.tar" "$WASI_IMAGE"
 
 step "create kind cluster $KIND_CLUSTER ($KIND_NODE_IMAGE)"
 CLUSTER_CREATED=1
@@ -175,7 +194,7 @@ step "install wasmpod with Helm"
 run kind load docker-image "$INSTALLER_IMAGE" --name "$KIND_CLUSTER"
 helm_set=(
 	--set "image.repository=${INSTALLER_IMAGE%:*}" --set "image.tag=${INSTALLER_IMAGE##*:}"
-	--set image.pullPolicy=Never --set "test.wasmImage=$WASM_IMAGE"
+	--set image.pullPolicy=Never --set "test.wasmImage=$ARTIFACT_IMAGE"
 )
 [ -z "$KUBECTL_IMAGE" ] || helm_set+=(--set "test.kubectlImage=$KUBECTL_IMAGE")
 run helm install wasmpod charts/wasmpod -n "$NS" --create-namespace "${helm_set[@]}" --wait --timeout 5m
@@ -184,7 +203,7 @@ run kubectl wait --for=jsonpath="{.metadata.labels.wasmpod\.dev/wasmtime}"=ready
 ok "$WORKER is labelled $LABEL=ready"
 cp_label=$(out kubectl get node "$KIND_CLUSTER-control-plane" -o jsonpath="{.metadata.labels.wasmpod\.dev/wasmtime}")
 expect "control-plane label (no installer there)" "$cp_label" ""
-run kubectl get runtimeclass wasmtime wasmtime-isolated
+run kubectl get runtimeclass wasmtime
 
 step "workloads"
 run kubectl apply -f "$HERE/workloads/00-namespace.yaml"
@@ -200,14 +219,30 @@ code=$(out kubectl -n "$TNS" get pods -l job-name=wasm-exit \
 	-o jsonpath='{.items[0].status.containerStatuses[0].state.terminated.exitCode}')
 expect "wasm-exit exitCode" "$code" 3
 
+echo "-- Jobs wasm-format-*: each Wasm image format runs hello"
+for f in compat artifact wasi; do
+	run kubectl -n "$TNS" wait --for=condition=complete "job/wasm-format-$f" --timeout 180s
+	contains "wasm-format-$f log" "$(out kubectl -n "$TNS" logs "job/wasm-format-$f")" "hello from wasmpod"
+done
+
 echo "-- Deployment wasm-sleep: 3 replicas Available, again after a rollout restart"
 run kubectl -n "$TNS" rollout status deployment/wasm-sleep --timeout 180s
 run kubectl -n "$TNS" wait --for=condition=available deployment/wasm-sleep --timeout 60s
+old=$(out kubectl -n "$TNS" get pods -l app=wasm-sleep -o name)
 run kubectl -n "$TNS" rollout restart deployment/wasm-sleep
 run kubectl -n "$TNS" rollout status deployment/wasm-sleep --timeout 180s
+# The grace period is 120 s: old pods gone within 30 s means SIGTERM ended their guests.
+# shellcheck disable=SC2086 # one argument per pod
+[ -z "$old" ] || run kubectl -n "$TNS" wait --for=delete $old --timeout 30s
 avail=$(out kubectl -n "$TNS" get deployment wasm-sleep -o jsonpath='{.status.availableReplicas}')
 expect "wasm-sleep availableReplicas after restart" "$avail" 3
-contains "wasm-sleep log" "$(out kubectl -n "$TNS" logs deployment/wasm-sleep)" "sleeping for"
+sleep_log=""
+for _ in 1 2 3 4 5; do
+	sleep_log=$(out kubectl -n "$TNS" logs deployment/wasm-sleep)
+	case "$sleep_log" in *"sleeping for"*) break ;; esac
+	[ "$DRY_RUN" = 1 ] || sleep 1
+done
+contains "wasm-sleep log" "$sleep_log" "sleeping for"
 
 echo "-- Pod wasm-memhog: 32Mi limit, ends OOMKilled"
 run kubectl -n "$TNS" wait --for=jsonpath='{.status.containerStatuses[0].state.terminated.reason}'=OOMKilled \
@@ -234,7 +269,7 @@ contains "wasm-readfile log" "$(out kubectl -n "$TNS" logs wasm-readfile)" "hell
 
 run kubectl delete namespace "$TNS" --wait --timeout 180s
 
-step "helm test"
+step "helm test (the Wasm artifact as the test image)"
 run helm test wasmpod -n "$NS" --logs --timeout 5m
 
 step "uninstall (charts/wasmpod/README.md, Uninstall) and check the worker is as before"
@@ -242,11 +277,12 @@ step "uninstall (charts/wasmpod/README.md, Uninstall) and check the worker is as
 # need their RBAC for that, so the chart's documented order is followed.
 run helm upgrade wasmpod charts/wasmpod -n "$NS" --reuse-values --set installer.uninstallOnStop=true --wait --timeout 5m
 run helm upgrade wasmpod charts/wasmpod -n "$NS" --reuse-values --set installer.enabled=false --timeout 5m
-run kubectl -n "$NS" wait --for=delete pod -l app.kubernetes.io/component=installer --timeout 300s
+gone app.kubernetes.io/component=installer
 run helm uninstall wasmpod -n "$NS" --wait --timeout 5m
 label=$(out kubectl get node "$WORKER" -o jsonpath="{.metadata.labels.wasmpod\.dev/wasmtime}")
 expect "$WORKER label $LABEL after uninstall" "$label" ""
 save "$WORK/config.after.toml" docker exec "$WORKER" cat /etc/containerd/config.toml
+run docker exec "$WORKER" sh -c '! ls /opt/wasmpod/bin/containerd-shim-wasmtime-v1 2>/dev/null' 
 if [ "$DRY_RUN" = 0 ]; then
 	diff -u "$WORK/config.before.toml" "$WORK/config.after.toml" || fail "containerd config not restored"
 	ok "containerd config restored byte for byte"

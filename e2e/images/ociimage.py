@@ -4,8 +4,7 @@ container image, or a Wasm OCI artifact.
 
 The test machines reach no public registry, so the pause image, the busybox image for runc
 and the Wasm test images are all made here and imported into containerd or pushed to the
-local registry (`oras cp --from-oci-layout x.tar:TAG`, which pushes what the layout's
-index.json points at).
+local registry (push.py, which pushes what the layout's index.json points at).
 
     ociimage.py --out x.tar --name wasmpod.test/app:1 \
         --file build/hello.wasm:/hello.wasm --entrypoint /hello.wasm \
