@@ -177,12 +177,12 @@ async fn invalid_module_is_a_clear_start_error() {
 }
 
 #[tokio::test]
-async fn native_container_points_to_the_isolated_class() {
+async fn native_container_is_refused_with_a_clear_message() {
     let mut spec = ContainerSpec::wasm("native", "native", &[]);
     spec.command = vec!["/native".into()];
     let err = start_error("native", spec).await;
     assert!(err.contains("native ELF executable"), "{err}");
-    assert!(err.contains("wasmtime-isolated"), "{err}");
+    assert!(err.contains("runs only Wasm containers"), "{err}");
 }
 
 #[tokio::test]

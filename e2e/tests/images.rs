@@ -129,7 +129,7 @@ async fn image_without_wasm_is_a_clear_start_error() {
         bed.image("native")
     );
     assert!(err.contains(&expected), "{err}");
-    assert!(err.contains("wasmtime-isolated"), "{err}");
+    assert!(err.contains("runs only Wasm containers"), "{err}");
 }
 
 #[tokio::test]

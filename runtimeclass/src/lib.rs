@@ -29,6 +29,9 @@ pub const HANDLER: &str = "wasmtime";
 pub const HANDLER_ISOLATED: &str = "wasmtime-isolated";
 /// Both handlers, in the order they are written.
 pub const HANDLERS: [&str; 2] = [HANDLER, HANDLER_ISOLATED];
+/// The handlers registered when none are named: the isolated host is not in this version's
+/// shim yet, and its handler would run pods in the pod host, which runs only Wasm.
+pub const DEFAULT_HANDLERS: [&str; 1] = [HANDLER];
 /// The node label set once the handlers are verified.
 pub const READY_LABEL_KEY: &str = "wasmpod.dev/wasmtime";
 /// Its value.

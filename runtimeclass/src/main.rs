@@ -12,13 +12,14 @@ use wasmpod_installer::install::{reconcile_label, verify_and_label, Installer};
 use wasmpod_installer::node::{KubeNodes, Nodes};
 use wasmpod_installer::restart::{HostSystemd, Restarter, ShellRestarter};
 use wasmpod_installer::{
-    manifests, runtimeclass, verify, DEFAULT_BIN_DIR, DEFAULT_STATE_DIR, HANDLERS, SHIM_BINARY,
+    manifests, runtimeclass, verify, DEFAULT_BIN_DIR, DEFAULT_HANDLERS, DEFAULT_STATE_DIR,
+    HANDLERS, SHIM_BINARY,
 };
 
 const ABOUT: &str = "Installs wasmpod's containerd shim on a Kubernetes node";
 const LONG_ABOUT: &str = "\
 Installs wasmpod's containerd shim (containerd-shim-wasmtime-v1) on a Kubernetes node, registers
-the runtime handlers `wasmtime` and `wasmtime-isolated` in containerd's config, restarts
+the runtime handler `wasmtime` (and `wasmtime-isolated` when asked) in containerd's config, restarts
 containerd only if the config changed, verifies the handlers through containerd's CRI, and only
 then labels the node wasmpod.dev/wasmtime=ready (the RuntimeClasses schedule on that label).
 
@@ -85,7 +86,7 @@ enum Cmd {
     /// Print the RuntimeClass objects (YAML).
     Runtimeclass {
         /// Handlers to create RuntimeClasses for.
-        #[arg(long, value_delimiter = ',', default_values_t = HANDLERS.map(String::from))]
+        #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_HANDLERS.map(String::from))]
         handlers: Vec<String>,
         /// A toleration, `key[=value]:Effect` (repeatable); `*` tolerates every taint.
         #[arg(long = "toleration")]
@@ -141,8 +142,8 @@ struct NodeArgs {
     /// This node's name (the chart passes it from the downward API).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Handlers to register.
-    #[arg(long, value_delimiter = ',', default_values_t = HANDLERS.map(String::from))]
+    /// Handlers to register (`wasmtime-isolated` as well only where its host exists).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_HANDLERS.map(String::from))]
     handlers: Vec<String>,
     /// Seconds to wait for containerd to show the handlers.
     #[arg(long, default_value_t = 60)]

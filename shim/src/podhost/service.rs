@@ -384,8 +384,8 @@ impl Service {
                     let image = self.image_name(id, spec).await;
                     return Err(Error::InvalidArgument(format!(
                         "image {image} has no Wasm module: {name} is not a WebAssembly module \
-                         ({}); the wasmtime runtime class runs only Wasm, use \
-                         runtimeClassName: wasmtime-isolated for pods with native containers",
+                         ({}); the wasmtime runtime class runs only Wasm containers, run native \
+                         ones in pods of another runtime class (runc)",
                         describe(&bytes)
                     )));
                 }
