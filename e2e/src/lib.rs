@@ -55,12 +55,18 @@ impl Bed {
             ctr: var("WASMPOD_CTR").into(),
             run_dir: var("WASMPOD_RUN_DIR").into(),
             cache_dir: var("WASMPOD_CACHE_DIR").into(),
-            registry: var("WASMPOD_REGISTRY"),
+            // Only the registry tests need it (the installer's live test starts containerd
+            // without a registry).
+            registry: std::env::var("WASMPOD_REGISTRY").unwrap_or_default(),
         }
     }
 
     /// The reference of a registry image (e2e/testbed.sh registry_images).
     pub fn image(&self, name: &str) -> String {
+        assert!(
+            !self.registry.is_empty(),
+            "WASMPOD_REGISTRY is not set: the registry tests need e2e/testbed.sh's registry; run e2e/run.sh"
+        );
         format!("{}/wasmpod/{name}:1", self.registry)
     }
 
