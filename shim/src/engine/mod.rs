@@ -1,6 +1,7 @@
 //! The engine: one wasmtime `Engine` per shim process and everything needed to run a WASI
-//! command on it. It knows nothing of containerd: callers hand it module bytes, arguments,
-//! environment, stdio files and preopened directories, and get an exit status back.
+//! command or serve a wasi:http handler on it. It knows nothing of containerd: callers hand it
+//! module bytes, arguments, environment, stdio files and preopened directories, and get an
+//! exit status back.
 
 pub mod cache;
 mod http;
@@ -27,8 +28,9 @@ use meter::{TaskClock, Turn};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// How often the epoch advances. Every running guest yields to the executor at each tick, which
-/// is what lets a kill interrupt a spinning guest and keeps one guest from starving the others.
+/// How often the epoch advances. At each tick a running guest's CPU is accounted and it may
+/// pause (quota), step aside (shares) or yield (a kill, or every tenth tick): what lets a kill
+/// interrupt a spinning guest and keeps one guest from starving the others.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Exit status of a guest that trapped, the same as the `wasmtime` CLI reports (128 + SIGABRT).
