@@ -125,9 +125,10 @@ async fn http_bench(bed: &Bed, cri: &mut Cri) -> Result<()> {
     let netns = pod_netns(bed, &pod)?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut servers = vec![("wasmpod (wasi:http pod)", format!("{ip}:8080"))];
-    let mut children = Vec::new();
+    // Ended on every way out of this function, errors included.
+    let mut children = Children(Vec::new());
     let native = root.join("target/release/hello-server");
-    children.push(
+    children.0.push(
         std::process::Command::new("nsenter")
             .arg(format!("--net={netns}"))
             .arg(&native)
@@ -143,7 +144,7 @@ async fn http_bench(bed: &Bed, cri: &mut Cri) -> Result<()> {
         .or_else(|| which("wasmtime"));
     match &wasmtime {
         Some(bin) => {
-            children.push(
+            children.0.push(
                 std::process::Command::new("nsenter")
                     .arg(format!("--net={netns}"))
                     .arg(bin)
@@ -195,13 +196,22 @@ async fn http_bench(bed: &Bed, cri: &mut Cri) -> Result<()> {
             results[0] / results[2]
         );
     }
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children);
     cri.stop(&id, 10).await?;
     cri.remove_pod(&pod).await?;
     Ok(())
+}
+
+/// Processes the benchmark started, killed (by PID) and reaped when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// The network namespace CNI made for a pod, from the sandbox's spec.
