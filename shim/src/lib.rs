@@ -2,7 +2,7 @@
 //! handling (where a container's module comes from) and the pod host (containerd's task API,
 //! one process per pod).
 
-pub mod engine;
+pub use wasmpod_engine as engine;
 pub mod error;
 pub mod image;
 pub mod logger;
