@@ -10,11 +10,14 @@ V=${WASMPOD_CONTAINERD:-2.1}
 export WASMPOD_WASMTIME=${WASMPOD_WASMTIME:-${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}/wasmtime-cli/bin/wasmtime}
 bash e2e/testbed.sh install
 cargo build -q --release -p wasmpod-shim
+(cd shim/isolated && cargo build -q --release)
 cargo build -q --release -p wasmpod-e2e --bin bench --bin hello-server
 bash e2e/testbed.sh images
 trap 'bash e2e/testbed.sh stop "$V"' EXIT
 env_file=$(mktemp)
-WASMPOD_SHIM=$ROOT/target/release/containerd-shim-wasmtime-v1 bash e2e/testbed.sh start "$V" >"$env_file"
+WASMPOD_SHIM=$ROOT/target/release/containerd-shim-wasmtime-v1 \
+	WASMPOD_ISOLATED_SHIM=$ROOT/target/release/containerd-shim-wasmtime-isolated-v1 \
+	bash e2e/testbed.sh start "$V" >"$env_file"
 # shellcheck disable=SC1090
 source "$env_file"
 rm -f "$env_file"

@@ -8,6 +8,7 @@ cd "$ROOT"
 V=${WASMPOD_CONTAINERD:-2.1}
 bash e2e/testbed.sh install
 cargo build -q -p wasmpod-shim
+(cd shim/isolated && cargo build -q)
 bash e2e/testbed.sh images
 cargo build -q -p wasmpod-e2e --bin demo
 trap 'bash e2e/testbed.sh stop "$V"' EXIT

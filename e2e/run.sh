@@ -12,6 +12,7 @@ VERSIONS=("$@")
 
 bash e2e/testbed.sh install
 cargo build -q -p wasmpod-shim
+(cd shim/isolated && cargo build -q)
 bash e2e/testbed.sh images
 cargo test -q -p wasmpod-e2e --no-run
 

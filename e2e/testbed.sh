@@ -18,6 +18,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TB=${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}
 IMAGES=${WASMPOD_IMAGES:-$ROOT/target/e2e-images}
 SHIM=${WASMPOD_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-v1}
+ISOLATED_SHIM=${WASMPOD_ISOLATED_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-isolated-v1}
 REGISTRY=${WASMPOD_REGISTRY:-127.0.0.1:5000}
 
 # containerd versions under test: suite, version, .deb version.
@@ -197,6 +198,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
       runtime_type = "io.containerd.wasmtime.v1"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-systemd.options]
         SystemdCgroup = true
+    # The isolated host (a process per container). cgroupfs: youki's systemd driver needs a
+    # systemd on D-Bus, which these machines do not run.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated]
+      runtime_type = "io.containerd.wasmtime-isolated.v1"
 EOF
 	else
 		cat >"$d/config.toml" <<EOF
@@ -228,6 +233,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     runtime_type = "io.containerd.wasmtime.v1"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-systemd.options]
       SystemdCgroup = true
+  # The isolated host (a process per container). cgroupfs: youki's systemd driver needs a
+  # systemd on D-Bus, which these machines do not run.
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated]
+    runtime_type = "io.containerd.wasmtime-isolated.v1"
 EOF
 	fi
 }
@@ -274,12 +283,14 @@ cmd_start() {
 	d=$(run_dir "$v")
 	[ -x "$TB/containerd-$v/usr/bin/containerd" ] || die "containerd $v is not installed: run '$0 install'"
 	[ -x "$SHIM" ] || die "no shim at $SHIM: run 'cargo build -p wasmpod-shim'"
+	[ -x "$ISOLATED_SHIM" ] || die "no isolated shim at $ISOLATED_SHIM: run 'make build'"
 	[ -f "$IMAGES/http.tar" ] || die "no test images in $IMAGES: run '$0 images'"
 	if [ -f "$d/containerd.pid" ] && kill -0 "$(cat "$d/containerd.pid")" 2>/dev/null; then
 		die "containerd $v is already running (pid $(cat "$d/containerd.pid")); '$0 stop $v' first"
 	fi
 	rm -rf "$d" && mkdir -p "$d/bin" "$d/cni" "$d/certs.d" "$d/logs"
 	cp "$SHIM" "$d/bin/containerd-shim-wasmtime-v1"
+	cp "$ISOLATED_SHIM" "$d/bin/containerd-shim-wasmtime-isolated-v1"
 	write_config "$v"
 	write_cni "$v"
 	log "starting containerd $v ($d)"

@@ -24,6 +24,8 @@ pub const BUSYBOX: &str = "wasmpod.test/busybox:1";
 /// The wasi:http test handler (e2e/http-handler) at /handler.wasm, its entrypoint.
 pub const HTTP_HANDLER: &str = "wasmpod.test/http:1";
 pub const HANDLER: &str = "wasmtime";
+/// The isolated host's handler: a process per container, native sidecars allowed.
+pub const ISOLATED: &str = "wasmtime-isolated";
 /// How long a test waits for a container that should exit on its own.
 pub const EXIT_WAIT: Duration = Duration::from_secs(60);
 
@@ -582,7 +584,7 @@ pub fn parse_cri_log(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Processes of our shim whose command line names this id (`-id <id>`).
+/// Processes of our shims (either host) whose command line names this id (`-id <id>`).
 pub fn shim_processes(id: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -599,14 +601,30 @@ pub fn shim_processes(id: &str) -> Vec<u32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let is_shim = args
-            .first()
-            .is_some_and(|a| a.ends_with("containerd-shim-wasmtime-v1"));
+        let is_shim = args.first().is_some_and(|a| {
+            a.ends_with("containerd-shim-wasmtime-v1")
+                || a.ends_with("containerd-shim-wasmtime-isolated-v1")
+        });
         if is_shim && args.windows(2).any(|w| w[0] == "-id" && w[1] == id) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Processes whose cgroup (any hierarchy) mentions `id`: what is left of a container.
+pub fn processes_in_cgroups_mentioning(id: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+            cgroup.contains(id).then_some(pid)
+        })
+        .collect()
 }
 
 /// Mount points whose path mentions `id`.

@@ -41,6 +41,51 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
+/// The environment variable that sets where an HTTP handler listens: `HOST:PORT` or a port.
+pub const HTTP_ADDRESS: &str = "WASMPOD_HTTP_ADDRESS";
+/// The environment variable that bounds one HTTP request: seconds, or `500ms` / `30s`.
+pub const HTTP_REQUEST_TIMEOUT: &str = "WASMPOD_HTTP_REQUEST_TIMEOUT";
+
+impl HttpConfig {
+    /// How an HTTP handler serves, from the container's environment (defaults: `0.0.0.0:8080`,
+    /// 60 s per request).
+    pub fn from_env(env: &[(String, String)]) -> Result<HttpConfig, String> {
+        let mut config = HttpConfig::default();
+        let get = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.trim())
+        };
+        if let Some(v) = get(HTTP_ADDRESS).filter(|v| !v.is_empty()) {
+            config.address = match v.parse::<u16>() {
+                Ok(port) => std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                Err(_) => v.parse().map_err(|e| {
+                    format!("{HTTP_ADDRESS}={v}: not HOST:PORT (like 0.0.0.0:8080) or a port: {e}")
+                })?,
+            };
+        }
+        if let Some(v) = get(HTTP_REQUEST_TIMEOUT).filter(|v| !v.is_empty()) {
+            let (number, scale) = match v.strip_suffix("ms") {
+                Some(n) => (n, 1e-3),
+                None => (v.strip_suffix('s').unwrap_or(v), 1.0),
+            };
+            config.request_timeout = number
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n > 0.0)
+                .map(|n| std::time::Duration::from_secs_f64(n * scale))
+                .ok_or_else(|| {
+                    format!(
+                        "{HTTP_REQUEST_TIMEOUT}={v}: not a positive duration (like 30, 30s or 500ms)"
+                    )
+                })?;
+        }
+        Ok(config)
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {

@@ -22,7 +22,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::Outcome;
-pub use http::HttpConfig;
+pub use http::{HttpConfig, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 pub use meter::{host_reserve, Limits, Meter};
 use meter::{TaskClock, Turn};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;

@@ -1,0 +1,236 @@
+//! What a container's command is: a WebAssembly module or a native executable. Decided once in
+//! the shim against the container's root filesystem, so a command that is neither fails
+//! CreateContainer with a message, and the container process only follows the decision.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+/// How the container's process runs its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// On the engine, inside the container's process.
+    Wasm,
+    /// Executed as it is (sidecars, the pause container).
+    Native,
+}
+
+/// The PATH a container gets when its environment has none, as runc's.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Symbolic links followed before giving up, as the kernel's limit.
+const MAX_LINKS: usize = 40;
+
+pub fn args(spec: &Spec) -> &[String] {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.args().as_deref())
+        .unwrap_or_default()
+}
+
+pub fn env(spec: &Spec) -> Vec<(String, String)> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.env().as_ref())
+        .into_iter()
+        .flatten()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect()
+}
+
+pub fn cwd(spec: &Spec) -> PathBuf {
+    spec.process()
+        .as_ref()
+        .map(|p| p.cwd().clone())
+        .filter(|c| c.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Decides how the command runs, looking at the file it names inside `root` (the container's
+/// root filesystem; `/` from inside the container).
+pub fn classify(spec: &Spec, root: &Path) -> Result<Kind, String> {
+    let (name, path) = resolve(spec, root)?;
+    let mut head = [0u8; 4];
+    let n = File::open(&path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| format!("cannot read the command {name} in the image: {e}"))?;
+    match &head[..n] {
+        b"\0asm" => Ok(Kind::Wasm),
+        [0x7f, b'E', b'L', b'F'] => Ok(Kind::Native),
+        [b'#', b'!', ..] => Ok(Kind::Native),
+        _ => Err(format!(
+            "the command {name} is neither a WebAssembly module nor a native executable \
+             (no \\0asm, ELF or #! header)"
+        )),
+    }
+}
+
+/// The command's file inside `root`, found the way `execvp` would in the container: a name
+/// with a slash relative to the working directory, a bare name along the container's PATH.
+pub fn resolve(spec: &Spec, root: &Path) -> Result<(String, PathBuf), String> {
+    let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
+        return Err(
+            "the container has no command (set command or args, or an image \
+                    entrypoint)"
+                .into(),
+        );
+    };
+    // runwasi's `module.wasm#function` form names an export to call; wasmpod always runs the
+    // command's entry point, so the suffix is not part of the file name.
+    let file = command.split_once('#').map_or(command.as_str(), |(f, _)| f);
+    let candidates: Vec<PathBuf> = if file.contains('/') {
+        vec![cwd(spec).join(file)]
+    } else {
+        let env = env(spec);
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new("/").join(d).join(file))
+            .collect()
+    };
+    candidates
+        .iter()
+        .find_map(|c| within(root, c).filter(|p| p.is_file()))
+        .map(|p| (file.to_string(), p))
+        .ok_or_else(|| format!("the command {file} does not exist in the image"))
+}
+
+/// `path` (absolute, as the container sees it) as a path under `root`, with every symbolic
+/// link resolved inside `root`: an image's `/bin/sh -> /bin/busybox` must not lead to the
+/// node's own files.
+fn within(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut resolved = PathBuf::from("/");
+    let mut pending: Vec<PathBuf> = path
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.components().next()? {
+            Component::RootDir => resolved = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(name) => {
+                let candidate = resolved.join(name);
+                let on_host = root.join(candidate.strip_prefix("/").ok()?);
+                match std::fs::read_link(&on_host) {
+                    Ok(target) => {
+                        links += 1;
+                        if links > MAX_LINKS {
+                            return None;
+                        }
+                        pending.extend(
+                            target
+                                .components()
+                                .rev()
+                                .map(|c| PathBuf::from(c.as_os_str())),
+                        );
+                    }
+                    Err(_) => resolved = candidate,
+                }
+            }
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(root.join(resolved.strip_prefix("/").ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
+    use std::os::unix::fs::symlink;
+
+    fn spec(args: &[&str], env: &[&str], cwd: &str) -> Spec {
+        SpecBuilder::default()
+            .process(
+                ProcessBuilder::default()
+                    .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .env(env.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .cwd(cwd)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    fn image() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["bin", "app", "usr/local/bin"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("bin/busybox"), b"\x7fELF....").unwrap();
+        symlink("/bin/busybox", r.join("bin/sh")).unwrap();
+        std::fs::write(r.join("app/hello.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        std::fs::write(r.join("usr/local/bin/run.sh"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(r.join("app/notes.txt"), b"hello").unwrap();
+        symlink("../../../../etc/passwd", r.join("app/escape")).unwrap();
+        root
+    }
+
+    #[test]
+    fn modules_and_executables_are_told_apart() {
+        let root = image();
+        let r = root.path();
+        let path = "PATH=/usr/local/bin:/bin";
+        assert_eq!(
+            classify(&spec(&["/app/hello.wasm"], &[], "/"), r),
+            Ok(Kind::Wasm)
+        );
+        assert_eq!(
+            classify(&spec(&["hello.wasm#run"], &[], "/app"), r).unwrap_err(),
+            "the command hello.wasm does not exist in the image"
+        );
+        assert_eq!(
+            classify(&spec(&["./hello.wasm"], &[], "/app"), r),
+            Ok(Kind::Wasm)
+        );
+        assert_eq!(
+            classify(&spec(&["sh", "-c", "true"], &[path], "/"), r),
+            Ok(Kind::Native)
+        );
+        assert_eq!(
+            classify(&spec(&["run.sh"], &[path], "/"), r),
+            Ok(Kind::Native)
+        );
+        // The default PATH applies when the image sets none.
+        assert_eq!(classify(&spec(&["busybox"], &[], "/"), r), Ok(Kind::Native));
+        let e = classify(&spec(&["/app/notes.txt"], &[], "/"), r).unwrap_err();
+        assert!(
+            e.contains("neither a WebAssembly module nor a native executable"),
+            "{e}"
+        );
+        let e = classify(&spec(&["missing"], &[path], "/"), r).unwrap_err();
+        assert_eq!(e, "the command missing does not exist in the image");
+        let e = classify(&spec(&[], &[], "/"), r).unwrap_err();
+        assert!(e.contains("no command"), "{e}");
+    }
+
+    #[test]
+    fn links_stay_inside_the_image() {
+        let root = image();
+        let r = root.path();
+        assert_eq!(within(r, Path::new("/bin/sh")), Some(r.join("bin/busybox")));
+        // ../ above the image's root stays at its root, as in the container.
+        assert_eq!(
+            within(r, Path::new("/app/escape")),
+            Some(r.join("etc/passwd"))
+        );
+        symlink("loop", r.join("app/loop")).unwrap();
+        assert_eq!(within(r, Path::new("/app/loop")), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! A youki container held in a zygote process of its own (runwasi's pattern): youki forks, and
+//! forking from the shim's multi-threaded runtime is unsafe, so every libcontainer call runs in
+//! a single-threaded helper forked when the shim started.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use containerd_shimkit::sandbox::InstanceConfig;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container as Youki;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+use zygote::{WireError, Zygote};
+
+use crate::command::Kind;
+use crate::executor::Executor;
+
+thread_local! {
+    /// The container, in its zygote process.
+    static CONTAINER: RefCell<Option<Youki>> = const { RefCell::new(None) };
+}
+
+/// What the zygote needs to create the container.
+#[derive(Serialize, Deserialize)]
+pub struct Build {
+    pub id: String,
+    pub cfg: InstanceConfig,
+    pub rootdir: PathBuf,
+    pub kind: Kind,
+}
+
+pub struct Container(Zygote);
+
+impl Container {
+    /// Creates the container: its init process waits in the container for `start`.
+    pub fn build(build: Build) -> anyhow::Result<Self> {
+        let zygote = Zygote::global().spawn();
+        zygote
+            .try_run(create, build)
+            .map_err(|e| anyhow!(e))?
+            .map_err(wire)?;
+        Ok(Container(zygote))
+    }
+
+    pub fn pid(&self) -> anyhow::Result<i32> {
+        self.call(
+            |_| {
+                with(|c| {
+                    c.pid()
+                        .map(|p| p.as_raw())
+                        .ok_or_else(|| "no process".into())
+                })
+            },
+            (),
+        )
+    }
+
+    pub fn start(&self) -> anyhow::Result<()> {
+        self.call(|_| with(|c| c.start().map_err(|e| e.to_string())), ())
+    }
+
+    pub fn kill(&self, signal: u32) -> anyhow::Result<()> {
+        self.call(
+            |signal: u32| {
+                with(|c| {
+                    let signal = Signal::try_from(signal as i32).map_err(|e| e.to_string())?;
+                    c.kill(signal, true).map_err(|e| e.to_string())
+                })
+            },
+            signal,
+        )
+    }
+
+    pub fn delete(&self) -> anyhow::Result<()> {
+        self.call(|_| with(|c| c.delete(true).map_err(|e| e.to_string())), ())
+    }
+
+    fn call<A, T>(&self, f: fn(A) -> Result<T, WireError>, arg: A) -> anyhow::Result<T>
+    where
+        A: Serialize + for<'de> Deserialize<'de> + 'static,
+        T: Serialize + for<'de> Deserialize<'de> + 'static,
+    {
+        self.0
+            .try_run(f, arg)
+            .map_err(|e| anyhow!(e))?
+            .map_err(wire)
+    }
+}
+
+/// Runs `f` on the container, in the zygote.
+fn with<T>(f: impl FnOnce(&mut Youki) -> Result<T, String>) -> Result<T, WireError> {
+    CONTAINER.with_borrow_mut(|c| match c.as_mut() {
+        Some(c) => f(c).map_err(|e| std::io::Error::other(e).into()),
+        None => Err(std::io::Error::other("container not created").into()),
+    })
+}
+
+fn create(b: Build) -> Result<(), WireError> {
+    let mut builder = ContainerBuilder::new(b.id, SyscallType::Linux)
+        .with_executor(Executor { kind: b.kind })
+        .with_root_path(b.rootdir)?;
+    if let Ok(f) = b.cfg.open_stdin() {
+        builder = builder.with_stdin(f);
+    }
+    if let Ok(f) = b.cfg.open_stdout() {
+        builder = builder.with_stdout(f);
+    }
+    if let Ok(f) = b.cfg.open_stderr() {
+        builder = builder.with_stderr(f);
+    }
+    let container = builder
+        .as_init(&b.cfg.bundle)
+        // The process is the shim's child, so the shim reaps it and learns its status.
+        .as_sibling(true)
+        .with_systemd(b.cfg.config.systemd_cgroup)
+        .build()?;
+    CONTAINER.with_borrow_mut(|c| *c = Some(container));
+    Ok(())
+}
+
+fn wire(e: WireError) -> anyhow::Error {
+    let mut message = e.description().to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(s.description());
+        source = s.source();
+    }
+    anyhow!(message)
+}

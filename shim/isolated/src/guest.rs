@@ -1,0 +1,136 @@
+//! The container's process running a Wasm guest: youki has put it in the container's
+//! namespaces and cgroup, made the image its root and wired stdio to containerd's FIFOs;
+//! from here it is the engine's job, with the limits the kernel placed on this cgroup.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use oci_spec::runtime::Spec;
+use tokio::signal::unix::{signal, SignalKind};
+use wasmpod_engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Preopen, Program};
+
+use crate::cgroup;
+use crate::command;
+
+/// Exit status of a guest the host could not start (bad module, bad settings), as a shell's
+/// "cannot execute".
+const CANNOT_RUN: i32 = 126;
+
+/// Runs the guest named by the spec's command to its end and returns the process's exit status.
+pub fn run(spec: &Spec) -> i32 {
+    let mut stderr = dup_stdio(2);
+    match prepare(spec) {
+        Ok((engine, program, ctx, http)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&mut stderr, &format!("cannot start the runtime: {e}")),
+            };
+            runtime.block_on(supervise(engine, program, ctx, http))
+        }
+        Err(message) => fail(&mut stderr, &message),
+    }
+}
+
+fn fail(stderr: &mut Option<File>, message: &str) -> i32 {
+    if let Some(f) = stderr {
+        let _ = writeln!(f, "wasmpod: {message}");
+    }
+    CANNOT_RUN
+}
+
+type Prepared = (Arc<Engine>, Program, GuestContext, HttpConfig);
+
+fn prepare(spec: &Spec) -> Result<Prepared, String> {
+    let (name, path) = command::resolve(spec, Path::new("/"))?;
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read module {name}: {e}"))?;
+    let env = command::env(spec);
+    let http = HttpConfig::from_env(&env)?;
+    // No compile cache: the node's cache directory is not inside the container. The engine
+    // is this process's alone.
+    let engine = Engine::uncached().map_err(|e| e.to_string())?;
+    let program = engine
+        .compile(&bytes)
+        .map_err(|e| format!("module {name}: {e}"))?;
+    let ctx = GuestContext {
+        args: command::args(spec).to_vec(),
+        env,
+        cwd: Some(command::cwd(spec).to_string_lossy().into_owned()),
+        stdin: dup_stdio(0),
+        stdout: dup_stdio(1),
+        stderr: dup_stdio(2),
+        // The container's root with its mounts, as the kernel shows it to this process: a
+        // read-only mount stays read-only for the guest.
+        preopens: vec![Preopen {
+            host: "/".into(),
+            guest: "/".into(),
+            read_only: false,
+        }],
+    };
+    Ok((Arc::new(engine), program, ctx, http))
+}
+
+/// Runs the guest until it ends or the container is stopped. This process is PID 1 of the
+/// container: a signal without a handler would be ignored, so SIGTERM and SIGINT are handled
+/// (a command ends at once with 128 + signal, an HTTP server drains first); SIGKILL needs none.
+async fn supervise(
+    engine: Arc<Engine>,
+    program: Program,
+    ctx: GuestContext,
+    http: HttpConfig,
+) -> i32 {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return CANNOT_RUN;
+    };
+    let stopped = async move {
+        tokio::select! {
+            _ = term.recv() => libc::SIGTERM,
+            _ = int.recv() => libc::SIGINT,
+        }
+    };
+    // The limits the kernel applies to this cgroup, minus what the engine itself already
+    // holds: the guest's memory is denied in the engine (an OOM kill to users) before the
+    // kernel would kill the whole process.
+    let (mut limits, in_use) = cgroup::own_limits();
+    limits.memory = limits
+        .memory
+        .map(|l| l.saturating_sub(in_use.unwrap_or(0)).max(1));
+    let meter = Arc::new(Meter::new(limits));
+    let exit = match &program {
+        Program::Http(pre) => {
+            engine
+                .serve(pre, ctx, meter, http, async move {
+                    stopped.await;
+                })
+                .await
+        }
+        _ => tokio::select! {
+            exit = engine.run(&program, ctx, meter.clone()) => exit,
+            signal = stopped => {
+                meter.interrupt();
+                return 128 + signal;
+            }
+        },
+    };
+    match exit {
+        // The shim reports this status from a Wasm container as an OOM kill.
+        Exit::OutOfMemory => crate::oom::WASM_OOM_STATUS,
+        exit => exit.status(),
+    }
+}
+
+/// A file for the container's stdio descriptor `fd`, if it is open.
+fn dup_stdio(fd: i32) -> Option<File> {
+    // SAFETY: 0-2 stay open for the life of the process; the borrow is only duplicated.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned: OwnedFd = borrowed.as_fd().try_clone_to_owned().ok()?;
+    Some(File::from(owned))
+}

@@ -1,0 +1,151 @@
+//! containerd-shimkit's `Instance`: one container of the pod, a process of its own.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use containerd_shim::monitor::{monitor_subscribe, Subject, Topic, MONITOR};
+use containerd_shimkit::sandbox::sync::WaitableCell;
+use containerd_shimkit::sandbox::{Error, Instance, InstanceConfig};
+use oci_spec::runtime::Spec;
+use tracing::instrument;
+
+use crate::cgroup;
+use crate::command::{self, Kind};
+use crate::container::{Build, Container};
+use crate::oom;
+
+/// The runtime's name: containerd's `io.containerd.wasmtime-isolated.v1`, youki's state
+/// directory `/run/containerd/wasmtime-isolated`.
+pub const RUNTIME_NAME: &str = "wasmtime-isolated";
+
+/// The status reported when the process's end could not be observed (as a SIGKILL).
+const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
+
+pub struct Isolated {
+    id: String,
+    namespace: String,
+    kind: Kind,
+    container: Container,
+    exit: WaitableCell<(u32, DateTime<Utc>)>,
+    /// A SIGKILL was sent, so a status of 137 is ours, not an OOM kill.
+    sigkill_sent: Arc<AtomicBool>,
+}
+
+impl Instance for Isolated {
+    #[instrument(skip(cfg), fields(bundle = %cfg.bundle.display()))]
+    async fn new(id: String, cfg: &InstanceConfig) -> Result<Self, Error> {
+        let spec = Spec::load(cfg.bundle.join("config.json"))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        let root = cfg.bundle.join(root);
+        let kind = command::classify(&spec, &root)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
+        log::info!("container {id}: {kind:?}");
+        let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
+        let container = Container::build(Build {
+            id: id.clone(),
+            cfg: cfg.clone(),
+            rootdir,
+            kind,
+        })?;
+        Ok(Isolated {
+            id,
+            namespace: cfg.namespace.clone(),
+            kind,
+            container,
+            exit: WaitableCell::new(),
+            sigkill_sent: Arc::default(),
+        })
+    }
+
+    #[instrument(skip(self), fields(id = %self.id))]
+    async fn start(&self) -> Result<u32, Error> {
+        // Whatever happens below, waiters get a status.
+        let guard = self
+            .exit
+            .clone()
+            .set_guard_with(|| (UNKNOWN_EXIT, Utc::now()));
+        let pid = self.container.pid()?;
+        // Subscribed before the process can run, so its exit cannot be missed. containerd-shim's
+        // reaper collects every child of the shim and announces its status here.
+        let exits = monitor_subscribe(Topic::Pid)?;
+        let oom_file = cgroup::oom_events_file(pid);
+        let kills_before = oom_file.as_deref().map_or(0, cgroup::oom_kills);
+        if let Err(e) = self.container.start() {
+            unsubscribe(exits.id);
+            return Err(e.into());
+        }
+        let exit = self.exit.clone();
+        let (id, namespace) = (self.id.clone(), self.namespace.clone());
+        let wasm = self.kind == Kind::Wasm;
+        let sigkill_sent = self.sigkill_sent.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let mut status = None;
+            while status.is_none() {
+                match exits.rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(e) if matches!(e.subject, Subject::Pid(p) if p == pid) => {
+                        status = Some(e.exit_code as u32)
+                    }
+                    Ok(_) => {}
+                    // A process gone without an event (reaped before the subscription).
+                    Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                        log::warn!("container {id}: process {pid} ended unobserved");
+                        status = Some(UNKNOWN_EXIT);
+                    }
+                    Err(_) => {}
+                }
+            }
+            unsubscribe(exits.id);
+            let status = status.unwrap_or(UNKNOWN_EXIT);
+            let kernel_kills = oom_file
+                .as_deref()
+                .map_or(0, |f| cgroup::oom_kills(f).saturating_sub(kills_before));
+            if oom::was_oom_killed(
+                status,
+                wasm,
+                sigkill_sent.load(Ordering::Relaxed),
+                kernel_kills,
+            ) {
+                log::info!("container {id}: OOM-killed");
+                oom::publish(&namespace, &id);
+            }
+            log::info!("container {id}: exited with {status}");
+            let _ = exit.set((status, Utc::now()));
+        });
+        Ok(pid as u32)
+    }
+
+    #[instrument(skip(self), fields(id = %self.id))]
+    async fn kill(&self, signal: u32) -> Result<(), Error> {
+        if signal == libc::SIGKILL as u32 {
+            self.sigkill_sent.store(true, Ordering::Relaxed);
+        }
+        self.container.kill(signal)?;
+        Ok(())
+    }
+
+    #[instrument(skip(self), fields(id = %self.id))]
+    async fn delete(&self) -> Result<(), Error> {
+        self.container.delete()?;
+        Ok(())
+    }
+
+    async fn wait(&self) -> (u32, DateTime<Utc>) {
+        *self.exit.wait().await
+    }
+}
+
+/// Stops exit announcements to a subscription, which would otherwise collect every exit of the
+/// pod (and log a warning for each) once its receiver is gone.
+fn unsubscribe(id: i64) {
+    if let Ok(mut monitor) = MONITOR.lock() {
+        let _ = monitor.unsubscribe(id);
+    }
+}
