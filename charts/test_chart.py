@@ -109,17 +109,18 @@ def test_default_render(tmp_path):
     out = check_manifests(tmp_path, files)
     objs = objects(files)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["RuntimeClass", "DaemonSet", "ServiceAccount",
+    assert kinds == sorted(["RuntimeClass", "RuntimeClass", "DaemonSet", "ServiceAccount",
                             "ClusterRole", "ClusterRoleBinding", "Pod"]), kinds
     assert out.count("ok ") == len(objs)
 
     rcs = {rc["metadata"]["name"]: rc for rc in by_kind(objs, "RuntimeClass")}
-    assert set(rcs) == {"wasmtime"}, "wasmtime-isolated is off until the isolated host ships"
+    assert set(rcs) == {"wasmtime", "wasmtime-isolated"}
     for name, rc in rcs.items():
         assert rc["handler"] == name
         assert rc["scheduling"]["nodeSelector"] == {"wasmpod.dev/wasmtime": "ready"}
         assert "tolerations" not in rc["scheduling"]
     assert rcs["wasmtime"]["overhead"]["podFixed"] == {"cpu": "5m", "memory": "2Mi"}
+    assert rcs["wasmtime-isolated"]["overhead"]["podFixed"]["memory"] != "2Mi"
 
     (ds,) = by_kind(objs, "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
@@ -127,7 +128,7 @@ def test_default_render(tmp_path):
     (c,) = pod["containers"]
     assert c["securityContext"] == {"privileged": True}
     assert c["args"][0] == "run" and "--host-root=/host" in c["args"]
-    assert "--handlers=wasmtime" in c["args"]
+    assert "--handlers=wasmtime,wasmtime-isolated" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["WASMPOD_UNINSTALL_ON_STOP"]["value"] == "false"
@@ -207,7 +208,7 @@ def test_custom_render(tmp_path):
 def test_installer_disabled_keeps_runtimeclasses():
     objs = objects(render({"installer": {"enabled": False}, "test": {"enabled": False}}))
     assert sorted(o["kind"] for o in objs) == ["ClusterRole", "ClusterRoleBinding",
-                                                "RuntimeClass", "ServiceAccount"]
+                                                "RuntimeClass", "RuntimeClass", "ServiceAccount"]
 
 
 def deploy_text():

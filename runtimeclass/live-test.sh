@@ -15,11 +15,12 @@ CTD=$BED/containerd-$V/usr/bin
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 INSTALLER=${WASMPOD_INSTALLER:-$TARGET/debug/wasmpod-installer}
 SHIM=${WASMPOD_SHIM:-$TARGET/debug/containerd-shim-wasmtime-v1}
+ISOLATED_SHIM=${WASMPOD_ISOLATED_SHIM:-$TARGET/debug/containerd-shim-wasmtime-isolated-v1}
 DEMO=$TARGET/debug/demo
 IMAGES=${WASMPOD_IMAGES:-$TARGET/e2e-images}
 [ -x "$CTD/containerd" ] || { echo "no containerd $V in $BED: run e2e/testbed.sh first" >&2; exit 1; }
 [ -x "$INSTALLER" ] || { echo "build the installer first: cargo build -p wasmpod-installer" >&2; exit 1; }
-[ -x "$SHIM" ] && [ -x "$DEMO" ] && [ -f "$IMAGES/workloads.tar" ] ||
+[ -x "$SHIM" ] && [ -x "$ISOLATED_SHIM" ] && [ -x "$DEMO" ] && [ -f "$IMAGES/workloads.tar" ] ||
 	{ echo "build the shim, the demo and the test images first: make e2e (or cargo build -p wasmpod-shim -p wasmpod-e2e; e2e/testbed.sh images)" >&2; exit 1; }
 case $V in
 # The sandbox (pause) image is the test bed's: no registry is reachable here.
@@ -81,8 +82,9 @@ chmod +x "$D/restart.sh"
 "$D/restart.sh" && rm "$D/restarts"
 
 cp "$SHIM" "$D/shim"
+cp "$ISOLATED_SHIM" "$D/isolated-shim"
 args=(--host-root / --containerd-config "$D/config.toml" --containerd-address "$D/containerd.sock"
-	--bin-dir "$D/bin" --state-dir "$D/wasmpod-state" --shim "$D/shim"
+	--bin-dir "$D/bin" --state-dir "$D/wasmpod-state" --shim "$D/shim" --isolated-shim "$D/isolated-shim"
 	--restart-command "$D/restart.sh" --verify-timeout 30)
 restarts() { [ -f "$D/restarts" ] && wc -l <"$D/restarts" || echo 0; }
 fail() { echo "FAIL: $*" >&2; tail -20 "$D/containerd.log" >&2; exit 1; }
@@ -97,19 +99,22 @@ grep -q '"config_changed": true' "$D/out1" || fail "first install changed no con
 [ "$(restarts)" = 1 ] || fail "expected one restart, got $(restarts)"
 "$INSTALLER" verify "${args[@]}" | grep -q 'verified' || fail "verify after install"
 grep -q "runtime_path = \"$D/bin/containerd-shim-wasmtime-v1\"" "$D/config.toml" || fail "runtime_path"
+grep -q "runtime_path = \"$D/bin/containerd-shim-wasmtime-isolated-v1\"" "$D/config.toml" || fail "isolated runtime_path"
 grep -q 'SystemdCgroup = false' "$D/config.toml" || fail "SystemdCgroup"
 echo "ok containerd $V: install patched the config, restarted once, handlers verified ($(( (t1 - t0) / 1000000 )) ms)"
 
-# A pod with runtime handler wasmtime through the patched config and the installed shim,
-# driven over the CRI as the kubelet would (the e2e suite's demo client).
-for img in pause workloads; do
+# A pod with runtime handler wasmtime and a mixed pod with wasmtime-isolated through the
+# patched config and the installed shims, driven over the CRI as the kubelet would (the e2e
+# suite's demo client).
+for img in pause workloads busybox; do
 	"$CTD/ctr" -a "$D/containerd.sock" -n k8s.io images import --all-platforms "$IMAGES/$img.tar" >/dev/null
 done
 WASMPOD_CONTAINERD_VERSION=$V WASMPOD_CONTAINERD_SOCKET=$D/containerd.sock WASMPOD_CTR=$CTD/ctr \
 	WASMPOD_RUN_DIR=$D WASMPOD_CACHE_DIR=$D/cache "$DEMO" >"$D/demo.out" 2>&1 ||
-	{ cat "$D/demo.out"; fail "CRI pod with handler wasmtime"; }
+	{ cat "$D/demo.out"; fail "CRI pods with handlers wasmtime and wasmtime-isolated"; }
 grep -q "log \[stdout\] hello from wasmpod" "$D/demo.out" || { cat "$D/demo.out"; fail "the pod's log"; }
-echo "ok containerd $V: a CRI pod with runtime handler wasmtime ran through the installed shim"
+grep -q "log \[stdout\] hello from a native sidecar" "$D/demo.out" || { cat "$D/demo.out"; fail "the sidecar's log"; }
+echo "ok containerd $V: CRI pods with runtime handlers wasmtime and wasmtime-isolated (Wasm and a native sidecar) ran through the installed shims"
 
 "$INSTALLER" install "${args[@]}" --skip-label --verify >"$D/out2" 2>"$D/err2" || { cat "$D/err2"; fail "second install"; }
 grep -q '"config_changed": false' "$D/out2" || fail "second install changed the config"
@@ -124,7 +129,7 @@ if "$INSTALLER" verify "${args[@]}" --verify-timeout 2 >/dev/null 2>&1; then fai
 echo "ok containerd $V: uninstall restored the config byte for byte and the handlers are gone"
 # A node without a config file: the installer asks containerd (CRI Version) which version to write.
 "$INSTALLER" install --host-root / --containerd-config "$D/absent/config.toml" --containerd-address "$D/containerd.sock" \
-	--bin-dir "$D/bin2" --state-dir "$D/wasmpod-state2" --shim "$D/shim" --no-restart --skip-label >/dev/null 2>"$D/err4" ||
+	--bin-dir "$D/bin2" --state-dir "$D/wasmpod-state2" --shim "$D/shim" --isolated-shim "$D/isolated-shim" --no-restart --skip-label >/dev/null 2>"$D/err4" ||
 	{ cat "$D/err4"; fail "install without a config"; }
 grep -q "^version = $CV\$" "$D/absent/config.toml" || fail "config version for a missing file"
 "$INSTALLER" uninstall --host-root / --bin-dir "$D/bin2" --state-dir "$D/wasmpod-state2" --no-restart --skip-label >/dev/null 2>&1

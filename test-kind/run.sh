@@ -156,7 +156,7 @@ run python3 e2e/images/ociimage.py --out "$WORK/hello-wasi.tar" --name wasmpod.t
 	--platform wasi/wasm --file "$w/hello.wasm:/hello.wasm" --entrypoint /hello.wasm
 
 if [ "${SKIP_INSTALLER_BUILD:-0}" != 1 ]; then
-	step "build the installer image (runtimeclass/Dockerfile: installer + shim, one architecture)"
+	step "build the installer image (runtimeclass/Dockerfile: installer + both shims, one architecture)"
 	run env DOCKER_BUILDKIT=1 docker build -f runtimeclass/Dockerfile -t "$INSTALLER_IMAGE" .
 fi
 
@@ -203,7 +203,7 @@ run kubectl wait --for=jsonpath="{.metadata.labels.wasmpod\.dev/wasmtime}"=ready
 ok "$WORKER is labelled $LABEL=ready"
 cp_label=$(out kubectl get node "$KIND_CLUSTER-control-plane" -o jsonpath="{.metadata.labels.wasmpod\.dev/wasmtime}")
 expect "control-plane label (no installer there)" "$cp_label" ""
-run kubectl get runtimeclass wasmtime
+run kubectl get runtimeclass wasmtime wasmtime-isolated
 
 step "workloads"
 run kubectl apply -f "$HERE/workloads/00-namespace.yaml"
@@ -267,6 +267,12 @@ echo "-- Pod wasm-readfile: reads a mounted ConfigMap"
 run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wasm-readfile --timeout 180s
 contains "wasm-readfile log" "$(out kubectl -n "$TNS" logs wasm-readfile)" "hello from a ConfigMap"
 
+echo "-- Pod wasm-isolated (wasmtime-isolated): a Wasm container and a native sidecar"
+run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wasm-isolated --timeout 180s
+contains "wasm-isolated app log" "$(out kubectl -n "$TNS" logs wasm-isolated -c app)" "args: hello isolated"
+contains "wasm-isolated sidecar log" "$(out kubectl -n "$TNS" logs wasm-isolated -c sidecar)" \
+	"hello from a native sidecar"
+
 run kubectl delete namespace "$TNS" --wait --timeout 180s
 
 step "helm test (the Wasm artifact as the test image)"
@@ -282,7 +288,7 @@ run helm uninstall wasmpod -n "$NS" --wait --timeout 5m
 label=$(out kubectl get node "$WORKER" -o jsonpath="{.metadata.labels.wasmpod\.dev/wasmtime}")
 expect "$WORKER label $LABEL after uninstall" "$label" ""
 save "$WORK/config.after.toml" docker exec "$WORKER" cat /etc/containerd/config.toml
-run docker exec "$WORKER" sh -c '! ls /opt/wasmpod/bin/containerd-shim-wasmtime-v1 2>/dev/null' 
+run docker exec "$WORKER" sh -c '! ls /opt/wasmpod/bin/containerd-shim-wasmtime-v1 /opt/wasmpod/bin/containerd-shim-wasmtime-isolated-v1 2>/dev/null' 
 if [ "$DRY_RUN" = 0 ]; then
 	diff -u "$WORK/config.before.toml" "$WORK/config.after.toml" || fail "containerd config not restored"
 	ok "containerd config restored byte for byte"

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::ContainerState;
 use tokio::sync::Mutex;
+use wasmpod_e2e::http::get;
 use wasmpod_e2e::*;
 
 static CPU: Mutex<()> = Mutex::const_new(());
@@ -127,7 +128,16 @@ async fn each_container_is_a_process_of_its_own() {
     assert_eq!(pa.len(), 1, "one process in a's cgroup: {pa:?}");
     assert_eq!(pb.len(), 1, "one process in b's cgroup: {pb:?}");
     assert_ne!(pa, pb);
+    // StopContainer without a grace period is SIGKILL: 137, and not an OOM kill.
     cri.stop(&a, 0).await.unwrap();
+    let st = cri.status(&a).await.unwrap();
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Error"), "{st:?}");
+    let s = cri.status(&b).await.unwrap();
+    assert_eq!(
+        s.state,
+        ContainerState::ContainerRunning as i32,
+        "b lives on: {s:?}"
+    );
     cri.stop(&b, 0).await.unwrap();
     cri.remove_pod(&pod).await.unwrap();
     assert_gone(&pod, &[&a, &b]).await;
@@ -234,4 +244,34 @@ async fn a_command_that_is_neither_wasm_nor_native_is_refused() {
     );
     cri.remove_pod(&pod).await.unwrap();
     assert_gone(&pod, &[&id, &id2]).await;
+}
+
+#[tokio::test]
+async fn serves_http_on_the_pod_ip_and_drains_on_stop() {
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod_networked(&bed, "http", ISOLATED).await.unwrap();
+    let spec = ContainerSpec {
+        name: "server".into(),
+        image: HTTP_HANDLER.into(),
+        ..Default::default()
+    };
+    let id = cri.run(&pod, spec).await.unwrap();
+    let addr = format!("{}:8080", cri.pod_ip(&pod).await.unwrap());
+    let deadline = Instant::now() + WAIT;
+    let reply = loop {
+        match get(&addr, "/").await {
+            Ok(r) => break r,
+            Err(e) if Instant::now() > deadline => {
+                panic!("{addr}: {e:#}; log: {}", pod.log_text("server"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "hello from a wasmpod http handler\n");
+    cri.stop(&id, 10).await.unwrap();
+    let st = cri.status(&id).await.unwrap();
+    assert_eq!(st.exit_code, 0, "a drained server ends cleanly: {st:?}");
+    cri.remove_pod(&pod).await.unwrap();
+    assert_gone(&pod, &[&id]).await;
 }

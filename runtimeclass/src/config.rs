@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml_edit::{value, DocumentMut, Item, Table};
 
-use crate::{Error, Result, HANDLERS, RUNTIME_TYPE};
+use crate::{runtime_of, Error, Result, HANDLERS};
 
 /// The containerd config versions wasmpod writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,8 +54,8 @@ impl ConfigVersion {
 /// What to register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSettings {
-    /// Absolute host path of the shim, written as each runtime's `runtime_path`.
-    pub runtime_path: String,
+    /// Absolute host directory of the shims: each runtime's `runtime_path` is its binary there.
+    pub bin_dir: String,
     /// `SystemdCgroup` for the runtimes' options; `None` leaves it out (containerd's default,
     /// cgroupfs), as for runc when its options do not say.
     pub systemd_cgroup: Option<bool>,
@@ -163,22 +163,33 @@ pub fn runtimes(doc: &DocumentMut, version: ConfigVersion) -> Vec<FoundRuntime> 
         .collect()
 }
 
+impl RuntimeSettings {
+    /// The `runtime_type` and `runtime_path` written for `handler`.
+    pub fn runtime(&self, handler: &str) -> (&'static str, String) {
+        let (binary, runtime_type) = runtime_of(handler);
+        let path = format!("{}/{binary}", self.bin_dir.trim_end_matches('/'));
+        (runtime_type, path)
+    }
+}
+
 /// Whether every wanted handler is registered with our runtime type and shim path.
 pub fn has_runtimes(doc: &DocumentMut, version: ConfigVersion, settings: &RuntimeSettings) -> bool {
     let found = runtimes(doc, version);
     settings.handlers.iter().all(|h| {
+        let (runtime_type, path) = settings.runtime(h);
         found.iter().any(|r| {
             &r.name == h
-                && r.runtime_type.as_deref() == Some(RUNTIME_TYPE)
-                && r.runtime_path.as_deref() == Some(settings.runtime_path.as_str())
+                && r.runtime_type.as_deref() == Some(runtime_type)
+                && r.runtime_path.as_deref() == Some(path.as_str())
         })
     })
 }
 
-/// Any runtime of ours (runtime type ours and a handler name of ours) in the document.
+/// Any runtime of ours (a handler name of ours with its runtime type) in the document.
 pub fn has_any_wasmpod_runtime(doc: &DocumentMut, version: ConfigVersion) -> bool {
     runtimes(doc, version).iter().any(|r| {
-        HANDLERS.contains(&r.name.as_str()) && r.runtime_type.as_deref() == Some(RUNTIME_TYPE)
+        HANDLERS.contains(&r.name.as_str())
+            && r.runtime_type.as_deref() == Some(runtime_of(&r.name).1)
     })
 }
 
@@ -245,11 +256,11 @@ pub fn add_runtimes(
                  `{handler}`).\n"
             ));
         }
-        changed |= set_if_different(rt, "runtime_type", RUNTIME_TYPE.into());
-        changed |= set_if_different(rt, "runtime_path", settings.runtime_path.as_str().into());
-        // Both handlers get an options table: containerd hands it to the shim. The isolated
-        // handler uses the same runtime_type; the shim tells the two apart by handler, and
-        // a future shim option for it goes into this table.
+        let (runtime_type, runtime_path) = settings.runtime(handler);
+        changed |= set_if_different(rt, "runtime_type", runtime_type.into());
+        changed |= set_if_different(rt, "runtime_path", runtime_path.as_str().into());
+        // Both handlers get an options table: containerd hands it to the shim, which takes
+        // its cgroup driver from there.
         changed |= !rt.contains_key("options");
         let opts = rt
             .entry("options")
@@ -384,7 +395,7 @@ mod tests {
 
     fn settings() -> RuntimeSettings {
         RuntimeSettings {
-            runtime_path: "/opt/wasmpod/bin/containerd-shim-wasmtime-v1".into(),
+            bin_dir: "/opt/wasmpod/bin".into(),
             systemd_cgroup: None,
             handlers: HANDLERS.iter().map(|s| s.to_string()).collect(),
         }
@@ -415,6 +426,13 @@ version = 2
             out.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]")
         );
         assert!(out.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime-isolated.options]\nSystemdCgroup = true"), "{out}");
+        // Each handler runs its own shim.
+        assert!(out.contains(
+            "runtime_type = \"io.containerd.wasmtime-isolated.v1\"\nruntime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-isolated-v1\""
+        ), "{out}");
+        assert!(out.contains(
+            "runtime_type = \"io.containerd.wasmtime.v1\"\nruntime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\""
+        ), "{out}");
         // idempotent
         let (_, again) = patch_text(&out, Path::new("c.toml"), None, &settings()).unwrap();
         assert_eq!(again, out);
@@ -450,9 +468,11 @@ version = 2
     fn corrects_a_stale_runtime_path() {
         let (_, out) = patch_text(V2, Path::new("c"), None, &settings()).unwrap();
         let mut s = settings();
-        s.runtime_path = "/usr/local/bin/containerd-shim-wasmtime-v1".into();
+        s.bin_dir = "/usr/local/bin".into();
         let (_, moved) = patch_text(&out, Path::new("c"), None, &s).unwrap();
         assert!(moved.contains("runtime_path = \"/usr/local/bin/containerd-shim-wasmtime-v1\""));
+        assert!(moved
+            .contains("runtime_path = \"/usr/local/bin/containerd-shim-wasmtime-isolated-v1\""));
         assert!(!moved.contains("/opt/wasmpod"));
     }
 

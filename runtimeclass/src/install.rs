@@ -12,7 +12,10 @@ use crate::distro::{self, Distro, Layout, Target};
 use crate::node::Nodes;
 use crate::restart::Restarter;
 use crate::shim::{self, digest, write_atomic};
-use crate::{host_path, io_err, verify, Error, Result, HANDLER, SHIM_BINARY};
+use crate::{
+    host_path, io_err, verify, Error, Result, HANDLER, HANDLER_ISOLATED, ISOLATED_SHIM_BINARY,
+    SHIM_BINARY,
+};
 
 /// Where and how to install.
 pub struct Installer {
@@ -22,8 +25,10 @@ pub struct Installer {
     pub bin_dir: PathBuf,
     /// Host path of wasmpod's backups and install record.
     pub state_dir: PathBuf,
-    /// The shim binary to copy (a path as the installer sees it).
+    /// The pod host's shim binary to copy (a path as the installer sees it).
     pub shim_source: PathBuf,
+    /// The isolated host's shim binary, copied when `wasmtime-isolated` is registered.
+    pub isolated_shim_source: PathBuf,
     /// Host path of containerd's config, skipping distribution detection.
     pub config_override: Option<PathBuf>,
     /// The config version to write when the file does not say (or to insist on).
@@ -50,6 +55,10 @@ pub struct State {
     pub written_sha256: String,
     pub bin_dir: PathBuf,
     pub shim_sha256: String,
+    /// The isolated host's shim, when its handler is registered (absent in records written
+    /// before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated_shim_sha256: Option<String>,
     pub services: Vec<String>,
     pub handlers: Vec<String>,
 }
@@ -150,11 +159,7 @@ impl Installer {
 
     fn settings(&self, handlers: Vec<String>, systemd_cgroup: Option<bool>) -> RuntimeSettings {
         RuntimeSettings {
-            runtime_path: self
-                .bin_dir
-                .join(SHIM_BINARY)
-                .to_string_lossy()
-                .into_owned(),
+            bin_dir: self.bin_dir.to_string_lossy().into_owned(),
             systemd_cgroup,
             handlers,
         }
@@ -347,7 +352,21 @@ impl Installer {
             }
         }
 
-        let shim = shim::install(&self.host_root, &self.bin_dir, &self.shim_source)?;
+        let shim = shim::install(
+            &self.host_root,
+            &self.bin_dir,
+            &self.shim_source,
+            SHIM_BINARY,
+        )?;
+        let isolated = match plan.handlers.iter().any(|h| h == HANDLER_ISOLATED) {
+            true => Some(shim::install(
+                &self.host_root,
+                &self.bin_dir,
+                &self.isolated_shim_source,
+                ISOLATED_SHIM_BINARY,
+            )?),
+            false => None,
+        };
         let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
         let original_existed = match &previous {
             Some(s) if s.config == plan.path => s.original_existed,
@@ -377,6 +396,7 @@ impl Installer {
             written_sha256: digest(plan.desired.as_bytes()),
             bin_dir: self.bin_dir.clone(),
             shim_sha256: shim.digest.clone(),
+            isolated_shim_sha256: isolated.as_ref().map(|i| i.digest.clone()),
             services: plan.layout.services.clone(),
             handlers: plan.handlers.clone(),
         };
@@ -393,7 +413,7 @@ impl Installer {
             config: plan.path,
             config_version: Some(plan.version),
             config_changed,
-            shim_changed: shim.changed,
+            shim_changed: shim.changed || isolated.is_some_and(|i| i.changed),
             restarted,
             handlers: plan.handlers,
         })
@@ -480,7 +500,14 @@ impl Installer {
     pub fn status(&self) -> Result<serde_json::Value> {
         let layout = self.layout();
         let state = self.read_state()?;
-        let shim = shim::installed(&self.host_root, &self.bin_dir);
+        let shim = |binary: &str| {
+            shim::installed(&self.host_root, &self.bin_dir, binary).map(|d| {
+                serde_json::json!({
+                    "path": self.bin_dir.join(binary),
+                    "sha256": d,
+                })
+            })
+        };
         let config_path = state
             .as_ref()
             .map(|s| s.config.clone())
@@ -497,10 +524,8 @@ impl Installer {
             "config_as_installed": config_matches,
             "installed": state.is_some(),
             "handlers": state.as_ref().map(|s| s.handlers.clone()).unwrap_or_default(),
-            "shim": shim.map(|d| serde_json::json!({
-                "path": self.bin_dir.join(SHIM_BINARY),
-                "sha256": d,
-            })),
+            "shim": shim(SHIM_BINARY),
+            "isolated_shim": shim(ISOLATED_SHIM_BINARY),
             "backup": state.as_ref().map(|s| s.original_existed && self.backup_file(&s.config).exists()),
             "services": layout.services,
             "socket": self.socket(&layout),

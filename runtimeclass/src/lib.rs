@@ -19,19 +19,33 @@ pub mod runtimeclass;
 pub mod shim;
 pub mod verify;
 
-/// The shim binary containerd runs.
+/// The pod host's shim binary (handler `wasmtime`).
 pub const SHIM_BINARY: &str = "containerd-shim-wasmtime-v1";
-/// containerd's `runtime_type` for both handlers.
+/// The isolated host's shim binary (handler `wasmtime-isolated`).
+pub const ISOLATED_SHIM_BINARY: &str = "containerd-shim-wasmtime-isolated-v1";
+/// Both shim binaries.
+pub const SHIM_BINARIES: [&str; 2] = [SHIM_BINARY, ISOLATED_SHIM_BINARY];
+/// containerd's `runtime_type` for the pod host.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
+/// containerd's `runtime_type` for the isolated host.
+pub const RUNTIME_TYPE_ISOLATED: &str = "io.containerd.wasmtime-isolated.v1";
 /// The in-process handler (the default RuntimeClass).
 pub const HANDLER: &str = "wasmtime";
 /// The process-per-container handler.
 pub const HANDLER_ISOLATED: &str = "wasmtime-isolated";
 /// Both handlers, in the order they are written.
 pub const HANDLERS: [&str; 2] = [HANDLER, HANDLER_ISOLATED];
-/// The handlers registered when none are named: the isolated host is not in this version's
-/// shim yet, and its handler would run pods in the pod host, which runs only Wasm.
-pub const DEFAULT_HANDLERS: [&str; 1] = [HANDLER];
+/// The handlers registered when none are named.
+pub const DEFAULT_HANDLERS: [&str; 2] = HANDLERS;
+
+/// The shim binary and containerd `runtime_type` a handler runs on.
+pub fn runtime_of(handler: &str) -> (&'static str, &'static str) {
+    if handler == HANDLER_ISOLATED {
+        (ISOLATED_SHIM_BINARY, RUNTIME_TYPE_ISOLATED)
+    } else {
+        (SHIM_BINARY, RUNTIME_TYPE)
+    }
+}
 /// The node label set once the handlers are verified.
 pub const READY_LABEL_KEY: &str = "wasmpod.dev/wasmtime";
 /// Its value.

@@ -13,7 +13,7 @@ use wasmpod_installer::node::{KubeNodes, Nodes};
 use wasmpod_installer::restart::{HostSystemd, Restarter, ShellRestarter};
 use wasmpod_installer::{
     manifests, runtimeclass, verify, DEFAULT_BIN_DIR, DEFAULT_HANDLERS, DEFAULT_STATE_DIR,
-    HANDLERS, SHIM_BINARY,
+    HANDLERS, ISOLATED_SHIM_BINARY, SHIM_BINARY,
 };
 
 const ABOUT: &str = "Installs wasmpod's containerd shim on a Kubernetes node";
@@ -117,6 +117,10 @@ struct NodeArgs {
     /// The shim to install [default: containerd-shim-wasmtime-v1 next to this binary].
     #[arg(long, env = "WASMPOD_SHIM")]
     shim: Option<PathBuf>,
+    /// The isolated host's shim, installed with the `wasmtime-isolated` handler
+    /// [default: containerd-shim-wasmtime-isolated-v1 next to this binary].
+    #[arg(long, env = "WASMPOD_ISOLATED_SHIM")]
+    isolated_shim: Option<PathBuf>,
     /// Host path of containerd's config, instead of detecting the distribution.
     #[arg(long, env = "WASMPOD_CONTAINERD_CONFIG")]
     containerd_config: Option<PathBuf>,
@@ -142,7 +146,7 @@ struct NodeArgs {
     /// This node's name (the chart passes it from the downward API).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Handlers to register (`wasmtime-isolated` as well only where its host exists).
+    /// Handlers to register.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_HANDLERS.map(String::from))]
     handlers: Vec<String>,
     /// Seconds to wait for containerd to show the handlers.
@@ -160,11 +164,18 @@ enum Version {
 
 impl NodeArgs {
     fn installer(&self) -> Result<Installer> {
+        let beside_me = |binary: &str| -> Result<PathBuf> {
+            Ok(std::env::current_exe()
+                .context("locating this binary")?
+                .with_file_name(binary))
+        };
         let shim = match &self.shim {
             Some(s) => s.clone(),
-            None => std::env::current_exe()
-                .context("locating this binary")?
-                .with_file_name(SHIM_BINARY),
+            None => beside_me(SHIM_BINARY)?,
+        };
+        let isolated_shim = match &self.isolated_shim {
+            Some(s) => s.clone(),
+            None => beside_me(ISOLATED_SHIM_BINARY)?,
         };
         for h in &self.handlers {
             if !HANDLERS.contains(&h.as_str()) {
@@ -180,6 +191,7 @@ impl NodeArgs {
             bin_dir: self.bin_dir.clone(),
             state_dir: self.state_dir.clone(),
             shim_source: shim,
+            isolated_shim_source: isolated_shim,
             config_override: self.containerd_config.clone(),
             config_version: self.config_version.map(|v| match v {
                 Version::V2 => ConfigVersion::V2,

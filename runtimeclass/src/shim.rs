@@ -1,7 +1,7 @@
-//! Copies the shim onto the host without ever writing over a running binary: each version
+//! Copies the shims onto the host without ever writing over a running binary: each version
 //! goes into its own directory (`<bin-dir>/.versions/<sha256>/`), written to a temp file and
-//! renamed, and the stable path `<bin-dir>/containerd-shim-wasmtime-v1` is a symlink swapped
-//! atomically. Running shims keep their old file; new pods get the new one; containerd's
+//! renamed, and the stable path (`<bin-dir>/containerd-shim-wasmtime-v1`, and
+//! `…-isolated-v1` for the isolated host) is a symlink swapped atomically. Running shims keep their old file; new pods get the new one; containerd's
 //! config (which names the stable path) does not change on upgrade, so no restart either.
 
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::{host_path, io_err, Error, Result, SHIM_BINARY};
+use crate::{host_path, io_err, Error, Result, SHIM_BINARIES};
 
 pub const VERSIONS_DIR: &str = ".versions";
 
@@ -55,9 +55,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
-/// Installs `source` as the shim under the host's `bin_dir`.
+/// Installs `source` as the shim `binary` (one of [`SHIM_BINARIES`]) under the host's `bin_dir`.
 #[tracing::instrument(skip_all, fields(source = %source.display(), bin_dir = %bin_dir.display()))]
-pub fn install(host_root: &Path, bin_dir: &Path, source: &Path) -> Result<Installed> {
+pub fn install(host_root: &Path, bin_dir: &Path, source: &Path, binary: &str) -> Result<Installed> {
     let bytes = std::fs::read(source).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ShimMissing(source.to_path_buf()),
         _ => Error::Io {
@@ -67,7 +67,7 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path) -> Result<Instal
     })?;
     let digest = digest(&bytes);
     let dir = host_path(host_root, bin_dir);
-    let rel = Path::new(VERSIONS_DIR).join(&digest).join(SHIM_BINARY);
+    let rel = Path::new(VERSIONS_DIR).join(&digest).join(binary);
     let versioned = dir.join(&rel);
     let mut changed = false;
     if std::fs::read(&versioned)
@@ -77,7 +77,7 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path) -> Result<Instal
         write_atomic(&versioned, &bytes, 0o755)?;
         changed = true;
     }
-    let link = dir.join(SHIM_BINARY);
+    let link = dir.join(binary);
     let previous = std::fs::read_link(&link).ok();
     if previous.as_deref() != Some(rel.as_path()) {
         if let Ok(meta) = std::fs::symlink_metadata(&link) {
@@ -88,10 +88,7 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path) -> Result<Instal
                 )));
             }
         }
-        let tmp = dir.join(format!(
-            ".{SHIM_BINARY}.wasmpod-link-{}",
-            std::process::id()
-        ));
+        let tmp = dir.join(format!(".{binary}.wasmpod-link-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&rel, &tmp).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &link).map_err(io_err(&link))?;
@@ -100,49 +97,59 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path) -> Result<Instal
     }
     prune(&dir, &digest, previous.as_deref());
     Ok(Installed {
-        path: bin_dir.join(SHIM_BINARY),
+        path: bin_dir.join(binary),
         digest,
         changed,
     })
 }
 
-/// Removes version directories other than the current one and the one it replaced (a shim
-/// from it may still run; the kernel keeps a deleted running binary anyway).
+/// The version directory a link points into.
+fn version_of(link: &Path) -> Option<String> {
+    Some(link.parent()?.file_name()?.to_str()?.to_string())
+}
+
+/// Removes version directories other than the current one, the one it replaced (a shim from
+/// it may still run; the kernel keeps a deleted running binary anyway) and those the other
+/// shim's link uses.
 fn prune(dir: &Path, current: &str, previous: Option<&Path>) {
-    let prev = previous
-        .and_then(|p| p.parent())
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
+    let mut keep = vec![current.to_string()];
+    keep.extend(previous.and_then(version_of));
+    keep.extend(
+        SHIM_BINARIES
+            .iter()
+            .filter_map(|b| std::fs::read_link(dir.join(b)).ok())
+            .filter_map(|l| version_of(&l)),
+    );
     if let Ok(entries) = std::fs::read_dir(dir.join(VERSIONS_DIR)) {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name != current && name != prev {
+            if !keep.iter().any(|k| *k == name) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
 }
 
-/// The digest of the installed shim, if wasmpod's symlink is there.
-pub fn installed(host_root: &Path, bin_dir: &Path) -> Option<String> {
-    let link = std::fs::read_link(host_path(host_root, bin_dir).join(SHIM_BINARY)).ok()?;
-    Some(link.parent()?.file_name()?.to_str()?.to_string())
+/// The digest of the installed shim `binary`, if wasmpod's symlink is there.
+pub fn installed(host_root: &Path, bin_dir: &Path, binary: &str) -> Option<String> {
+    version_of(&std::fs::read_link(host_path(host_root, bin_dir).join(binary)).ok()?)
 }
 
-/// Removes the symlink and the version directories (and the bin dir, if then empty).
+/// Removes the symlinks and the version directories (and the bin dir, if then empty).
 #[tracing::instrument(skip_all, fields(bin_dir = %bin_dir.display()))]
 pub fn remove(host_root: &Path, bin_dir: &Path) -> Result<bool> {
     let dir = host_path(host_root, bin_dir);
-    let link = dir.join(SHIM_BINARY);
     let mut changed = false;
-    if std::fs::symlink_metadata(&link)
-        .map(|m| m.file_type().is_symlink())
-        .unwrap_or(false)
-    {
-        std::fs::remove_file(&link).map_err(io_err(&link))?;
-        changed = true;
+    for binary in SHIM_BINARIES {
+        let link = dir.join(binary);
+        if std::fs::symlink_metadata(&link)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            std::fs::remove_file(&link).map_err(io_err(&link))?;
+            changed = true;
+        }
     }
     let versions = dir.join(VERSIONS_DIR);
     if versions.exists() {
@@ -156,6 +163,7 @@ pub fn remove(host_root: &Path, bin_dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ISOLATED_SHIM_BINARY, SHIM_BINARY};
 
     #[test]
     fn upgrade_swaps_the_link_and_keeps_the_running_file() {
@@ -163,7 +171,7 @@ mod tests {
         let src = root.path().join("src");
         std::fs::write(&src, b"v1").unwrap();
         let bin = Path::new("/opt/wasmpod/bin");
-        let a = install(root.path(), bin, &src).unwrap();
+        let a = install(root.path(), bin, &src, SHIM_BINARY).unwrap();
         assert!(a.changed);
         assert_eq!(
             a.path,
@@ -173,9 +181,13 @@ mod tests {
         assert_eq!(std::fs::read(&link).unwrap(), b"v1");
         // a running shim holds the old file open
         let old = std::fs::canonicalize(&link).unwrap();
-        assert!(!install(root.path(), bin, &src).unwrap().changed);
+        assert!(
+            !install(root.path(), bin, &src, SHIM_BINARY)
+                .unwrap()
+                .changed
+        );
         std::fs::write(&src, b"v2").unwrap();
-        let b = install(root.path(), bin, &src).unwrap();
+        let b = install(root.path(), bin, &src, SHIM_BINARY).unwrap();
         assert!(b.changed);
         assert_eq!(std::fs::read(&link).unwrap(), b"v2");
         assert_eq!(
@@ -183,7 +195,35 @@ mod tests {
             b"v1",
             "old version kept, never overwritten"
         );
-        assert_eq!(installed(root.path(), bin).unwrap(), b.digest);
+        assert_eq!(installed(root.path(), bin, SHIM_BINARY).unwrap(), b.digest);
+        assert!(remove(root.path(), bin).unwrap());
+        assert!(!host_path(root.path(), bin).exists());
+    }
+
+    #[test]
+    fn the_two_shims_keep_each_others_versions() {
+        let root = tempfile::tempdir().unwrap();
+        let (pod, iso) = (root.path().join("pod"), root.path().join("iso"));
+        let bin = Path::new("/opt/wasmpod/bin");
+        std::fs::write(&pod, b"pod v1").unwrap();
+        std::fs::write(&iso, b"isolated v1").unwrap();
+        install(root.path(), bin, &pod, SHIM_BINARY).unwrap();
+        let i = install(root.path(), bin, &iso, ISOLATED_SHIM_BINARY).unwrap();
+        // Two upgrades of the pod host's shim prune its old versions, never the other's.
+        for v in [b"pod v2", b"pod v3"] {
+            std::fs::write(&pod, v).unwrap();
+            install(root.path(), bin, &pod, SHIM_BINARY).unwrap();
+        }
+        let link = host_path(root.path(), &i.path);
+        assert_eq!(std::fs::read(&link).unwrap(), b"isolated v1");
+        assert_eq!(
+            installed(root.path(), bin, ISOLATED_SHIM_BINARY),
+            Some(i.digest)
+        );
+        let versions = std::fs::read_dir(host_path(root.path(), bin).join(VERSIONS_DIR))
+            .unwrap()
+            .count();
+        assert_eq!(versions, 3, "pod v3, pod v2 (may still run), isolated v1");
         assert!(remove(root.path(), bin).unwrap());
         assert!(!host_path(root.path(), bin).exists());
     }

@@ -9,7 +9,7 @@ use wasmpod_installer::HANDLERS;
 
 fn snippet(version: ConfigVersion) -> String {
     let settings = RuntimeSettings {
-        runtime_path: "/opt/wasmpod/bin/containerd-shim-wasmtime-v1".into(),
+        bin_dir: "/opt/wasmpod/bin".into(),
         systemd_cgroup: Some(true),
         handlers: HANDLERS.iter().map(|s| s.to_string()).collect(),
     };
@@ -19,7 +19,7 @@ fn snippet(version: ConfigVersion) -> String {
     };
     let header = format!(
         "# wasmpod runtimes for containerd {containerd}: merge these tables into {file}\n\
-         # (or use the file as is when containerd has no config), put the shim at runtime_path,\n\
+         # (or use the file as is when containerd has no config), put the shims at their runtime_path,\n\
          # set SystemdCgroup like your runc runtime's, restart containerd, check with\n\
          # `wasmpod-installer verify`, then label the node:\n\
          #   kubectl label node NODE wasmpod.dev/wasmtime=ready\n\
@@ -54,7 +54,7 @@ fn containerd_snippets_are_current() {
             &path,
             None,
             &RuntimeSettings {
-                runtime_path: "/opt/wasmpod/bin/containerd-shim-wasmtime-v1".into(),
+                bin_dir: "/opt/wasmpod/bin".into(),
                 systemd_cgroup: None,
                 handlers: HANDLERS.iter().map(|s| s.to_string()).collect(),
             },

@@ -10,7 +10,7 @@ use std::process::Command;
 use wasmpod_installer::config::{self, ConfigVersion};
 use wasmpod_installer::install::Installer;
 use wasmpod_installer::restart::{Recorder, Restarter};
-use wasmpod_installer::{Error, HANDLERS, SHIM_BINARY};
+use wasmpod_installer::{Error, HANDLERS, ISOLATED_SHIM_BINARY, SHIM_BINARY};
 
 struct Host {
     dir: tempfile::TempDir,
@@ -39,6 +39,11 @@ fn host(fixture: &str) -> Host {
     let shim = dir.path().join("shim-build").join(SHIM_BINARY);
     std::fs::create_dir_all(shim.parent().unwrap()).unwrap();
     std::fs::write(&shim, b"\x7fELF fake shim v1").unwrap();
+    std::fs::write(
+        shim.with_file_name(ISOLATED_SHIM_BINARY),
+        b"\x7fELF fake isolated shim v1",
+    )
+    .unwrap();
     Host { dir, shim }
 }
 
@@ -53,6 +58,7 @@ impl Host {
             bin_dir: "/opt/wasmpod/bin".into(),
             state_dir: "/var/lib/wasmpod".into(),
             shim_source: self.shim.clone(),
+            isolated_shim_source: self.shim.with_file_name(ISOLATED_SHIM_BINARY),
             config_override: None,
             config_version: None,
             // nothing listens there: a test that needs containerd's answer fails loudly
@@ -119,6 +125,11 @@ async fn round_trip(
     let installed = h.read(config);
     let link = h.root().join("opt/wasmpod/bin").join(SHIM_BINARY);
     assert_eq!(std::fs::read(&link).unwrap(), b"\x7fELF fake shim v1");
+    let link = h.root().join("opt/wasmpod/bin").join(ISOLATED_SHIM_BINARY);
+    assert_eq!(
+        std::fs::read(&link).unwrap(),
+        b"\x7fELF fake isolated shim v1"
+    );
     let after_install = h.snapshot();
 
     // Idempotent: nothing changes, nothing restarts.
@@ -156,10 +167,11 @@ fn assert_runtimes(text: &str, version: ConfigVersion, systemd: Option<bool>) {
             .iter()
             .find(|r| r.name == h)
             .unwrap_or_else(|| panic!("{h} in\n{text}"));
-        assert_eq!(r.runtime_type.as_deref(), Some("io.containerd.wasmtime.v1"));
+        let (binary, runtime_type) = wasmpod_installer::runtime_of(h);
+        assert_eq!(r.runtime_type.as_deref(), Some(runtime_type));
         assert_eq!(
             r.runtime_path.as_deref(),
-            Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1")
+            Some(format!("/opt/wasmpod/bin/{binary}").as_str())
         );
     }
     let plugin = version.cri_plugin();

@@ -45,10 +45,22 @@ async fn main() -> Result<()> {
     };
     let runc_cri = cri_times(&bed, &mut cri, "runc", busybox).await?;
     row("CRI RunPodSandbox -> exited: runc", &runc_cri);
+    let isolated_cri = cri_times(
+        &bed,
+        &mut cri,
+        ISOLATED,
+        ContainerSpec::wasm("hello", "hello.wasm", &[]),
+    )
+    .await?;
+    row(
+        "CRI RunPodSandbox -> exited: wasmtime-isolated",
+        &isolated_cri,
+    );
     println!(
-        "speed-up vs runc (median): ctr run {:.1}x, CRI {:.1}x",
+        "speed-up vs runc (median): ctr run {:.1}x, CRI {:.1}x (wasmtime), {:.1}x (wasmtime-isolated)",
         median(&runc) / median(&wasm),
-        median(&runc_cri) / median(&wasm_cri)
+        median(&runc_cri) / median(&wasm_cri),
+        median(&runc_cri) / median(&isolated_cri)
     );
 
     let artifact = bed.image("hello-artifact");
@@ -99,11 +111,20 @@ async fn main() -> Result<()> {
         args: vec!["sleep".into(), "3600".into()],
         ..Default::default()
     };
+    let (isolated_pss, isolated_procs) = idle_pod_pss(
+        &bed,
+        &mut cri,
+        ISOLATED,
+        ContainerSpec::wasm("idle", "sleep.wasm", &["3600"]),
+        "containerd-shim-wasmtime-isolated-v1",
+    )
+    .await?;
     let (runc_pss, runc_procs) =
         idle_pod_pss(&bed, &mut cri, "runc", sleeper, "containerd-shim-runc-v2").await?;
     println!(
-        "memory (PSS) per idle pod, {PODS} pods running: wasmtime {:.2} MiB in {wasm_procs} process(es) per pod; runc {:.2} MiB in {runc_procs} process(es) per pod",
+        "memory (PSS) per idle pod, {PODS} pods running: wasmtime {:.2} MiB in {wasm_procs} process(es) per pod; wasmtime-isolated {:.2} MiB in {isolated_procs}; runc {:.2} MiB in {runc_procs}",
         wasm_pss as f64 / 1024.0,
+        isolated_pss as f64 / 1024.0,
         runc_pss as f64 / 1024.0
     );
     Ok(())
