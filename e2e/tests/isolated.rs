@@ -275,3 +275,30 @@ async fn serves_http_on_the_pod_ip_and_drains_on_stop() {
     cri.remove_pod(&pod).await.unwrap();
     assert_gone(&pod, &[&id]).await;
 }
+
+#[tokio::test]
+async fn a_broken_module_or_setting_fails_the_start() {
+    // The shim compiles the module before the container's process exists, as the pod host
+    // does: the reason is in the start error (what `kubectl describe pod` shows).
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "broken", ISOLATED).await.unwrap();
+    let id = cri
+        .create(&pod, ContainerSpec::wasm("broken", "broken.wasm", &[]))
+        .await
+        .unwrap();
+    let err = cri.start(&id).await.expect_err("StartContainer must fail");
+    assert!(
+        format!("{err:#}").contains("module /broken.wasm: invalid WebAssembly"),
+        "{err:#}"
+    );
+    let mut bad = ContainerSpec::wasm("badenv", "hello.wasm", &[]);
+    bad.env = vec![("WASMPOD_HTTP_ADDRESS".into(), "nowhere".into())];
+    let bad = cri.create(&pod, bad).await.unwrap();
+    let err = cri.start(&bad).await.expect_err("StartContainer must fail");
+    assert!(
+        format!("{err:#}").contains("WASMPOD_HTTP_ADDRESS=nowhere"),
+        "{err:#}"
+    );
+    cri.remove_pod(&pod).await.unwrap();
+    assert_gone(&pod, &[&id, &bad]).await;
+}

@@ -218,8 +218,47 @@ impl Engine {
     }
 
     /// `compile`, also telling whether the cache served it.
-    #[tracing::instrument(level = "debug", skip_all, fields(len = bytes.len()))]
     pub fn compile_cached(&self, bytes: &[u8]) -> Result<(Program, Outcome), EngineError> {
+        self.compile_observed(bytes, &|_| {})
+    }
+
+    /// Compiles module or component bytes (or finds them in the compile cache) into an
+    /// artifact for [`Engine::load_precompiled`] in another process of this same binary: the
+    /// isolated host compiles in its shim, where the node's cache is, and runs the guest in
+    /// the container's process, which cannot reach it.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<(Vec<u8>, Outcome), EngineError> {
+        let artifact = std::cell::RefCell::new(Vec::new());
+        let (_, outcome) =
+            self.compile_observed(bytes, &|a| *artifact.borrow_mut() = a.to_vec())?;
+        Ok((artifact.into_inner(), outcome))
+    }
+
+    /// Loads what [`Engine::precompile`] returned.
+    ///
+    /// # Safety
+    /// `artifact` must come from `precompile` in a process of this same binary: wasmtime
+    /// checks that the artifact matches this engine's settings, not that its code is sound.
+    pub unsafe fn load_precompiled(&self, artifact: &[u8]) -> Result<Program, EngineError> {
+        let compiled = match wasmtime::Engine::detect_precompiled(artifact) {
+            Some(wasmtime::Precompiled::Module) => {
+                Module::deserialize(&self.engine, artifact).map(Compiled::Module)
+            }
+            Some(wasmtime::Precompiled::Component) => {
+                Component::deserialize(&self.engine, artifact).map(Compiled::Component)
+            }
+            None => return Err(EngineError::Compile("not a wasmtime artifact".into())),
+        }
+        .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+        self.program(compiled)
+    }
+
+    /// `compile_cached`, handing the compiled artifact (fresh or from the cache) to `observe`.
+    #[tracing::instrument(level = "debug", skip_all, fields(len = bytes.len()))]
+    fn compile_observed(
+        &self,
+        bytes: &[u8],
+        observe: &dyn Fn(&[u8]),
+    ) -> Result<(Program, Outcome), EngineError> {
         if wasmtime::Engine::detect_precompiled(bytes).is_some() {
             return Err(EngineError::Precompiled);
         }
@@ -233,6 +272,7 @@ impl Engine {
             let artifact = compiled
                 .serialize()
                 .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+            observe(&artifact);
             Ok((self.program(compiled)?, artifact))
         };
         match &self.cache {
@@ -250,7 +290,9 @@ impl Engine {
                         }
                     }
                 };
-                self.program(compiled.ok()?).ok()
+                let program = self.program(compiled.ok()?).ok()?;
+                observe(artifact);
+                Some(program)
             }),
         }
     }

@@ -262,3 +262,34 @@ fn run_program(e: &Engine, program: &Program) -> Exit {
         .unwrap();
     rt.block_on(e.run(program, GuestContext::default(), Arc::new(Meter::default())))
 }
+
+#[test]
+fn precompiled_artifacts_run_in_another_engine() {
+    let dir = tempdir();
+    let shim = Engine::with_cache_dir(&dir).unwrap();
+    let (first, outcome) = shim.precompile(&wat(EXIT_7)).unwrap();
+    assert_eq!(outcome, Outcome::Compiled);
+    // The second time the artifact comes from the cache, byte for byte the same.
+    let (second, outcome) = shim.precompile(&wat(EXIT_7)).unwrap();
+    assert_eq!(outcome, Outcome::Hit);
+    assert_eq!(first, second);
+    // The container's process: an engine of its own, no cache.
+    let guest = engine();
+    // SAFETY: made by `precompile` in this same binary.
+    let program = unsafe { guest.load_precompiled(&second) }.unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exit = rt.block_on(guest.run(&program, GuestContext::default(), Arc::default()));
+    assert_eq!(exit, Exit::Code(7));
+    // Anything else is refused.
+    let e = unsafe { guest.load_precompiled(&wat(EXIT_7)) }
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("not a wasmtime artifact"), "{e}");
+    assert!(matches!(
+        shim.precompile(b"nope"),
+        Err(EngineError::NotWasm)
+    ));
+}

@@ -55,15 +55,10 @@ pub fn cwd(spec: &Spec) -> PathBuf {
 /// root filesystem; `/` from inside the container).
 pub fn classify(spec: &Spec, root: &Path) -> Result<Kind, String> {
     let (name, path) = resolve(spec, root)?;
-    let mut head = [0u8; 4];
-    let n = File::open(&path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("cannot read the command {name} in the image: {e}"))?;
-    match &head[..n] {
-        b"\0asm" => Ok(Kind::Wasm),
-        [0x7f, b'E', b'L', b'F'] => Ok(Kind::Native),
-        [b'#', b'!', ..] => Ok(Kind::Native),
-        _ => Err(format!(
+    File::open(&path).map_err(|e| format!("cannot read the command {name} in the image: {e}"))?;
+    match sniff(&path) {
+        Some(kind) => Ok(kind),
+        None => Err(format!(
             "the command {name} is neither a WebAssembly module nor a native executable \
              (no \\0asm, ELF or #! header)"
         )),
@@ -72,7 +67,32 @@ pub fn classify(spec: &Spec, root: &Path) -> Result<Kind, String> {
 
 /// The command's file inside `root`, found the way `execvp` would in the container: a name
 /// with a slash relative to the working directory, a bare name along the container's PATH.
+/// A bare name not on PATH is looked for in the working directory too, as the pod host finds
+/// modules; only a module may be found that way (`execvp` would not run a native one).
 pub fn resolve(spec: &Spec, root: &Path) -> Result<(String, PathBuf), String> {
+    let (file, path, on_path) = find(spec, root)?;
+    if !on_path && sniff(&path).is_some_and(|k| k == Kind::Native) {
+        return Err(format!(
+            "the command {file} is a native executable in the working directory, not on \
+             PATH; name it with a path (./{file})"
+        ));
+    }
+    Ok((file, path))
+}
+
+/// The kind a file's first bytes say, if any.
+fn sniff(path: &Path) -> Option<Kind> {
+    let mut head = [0u8; 4];
+    let n = File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    match &head[..n] {
+        b"\0asm" => Some(Kind::Wasm),
+        [0x7f, b'E', b'L', b'F'] | [b'#', b'!', ..] => Some(Kind::Native),
+        _ => None,
+    }
+}
+
+/// (the command, its file, whether it was found as `execvp` finds it).
+fn find(spec: &Spec, root: &Path) -> Result<(String, PathBuf, bool), String> {
     let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
         return Err(
             "the container has no command (set command or args, or an image \
@@ -80,9 +100,7 @@ pub fn resolve(spec: &Spec, root: &Path) -> Result<(String, PathBuf), String> {
                 .into(),
         );
     };
-    // runwasi's `module.wasm#function` form names an export to call; wasmpod always runs the
-    // command's entry point, so the suffix is not part of the file name.
-    let file = command.split_once('#').map_or(command.as_str(), |(f, _)| f);
+    let file = command.as_str();
     let candidates: Vec<PathBuf> = if file.contains('/') {
         vec![cwd(spec).join(file)]
     } else {
@@ -95,13 +113,22 @@ pub fn resolve(spec: &Spec, root: &Path) -> Result<(String, PathBuf), String> {
         path.split(':')
             .filter(|d| !d.is_empty())
             .map(|d| Path::new("/").join(d).join(file))
+            .chain([cwd(spec).join(file)])
             .collect()
     };
+    let last = candidates.len() - 1;
     candidates
         .iter()
-        .find_map(|c| within(root, c).filter(|p| p.is_file()))
-        .map(|p| (file.to_string(), p))
-        .ok_or_else(|| format!("the command {file} does not exist in the image"))
+        .enumerate()
+        .find_map(|(i, c)| within(root, c).filter(|p| p.is_file()).map(|p| (i, p)))
+        .map(|(i, p)| (file.to_string(), p, file.contains('/') || i < last))
+        .ok_or_else(|| {
+            format!(
+                "the command {file} does not exist in the image (wasmtime-isolated runs \
+                 modules that are files in the image; a Wasm OCI artifact runs under the \
+                 wasmtime runtime class)"
+            )
+        })
 }
 
 /// `path` (absolute, as the container sees it) as a path under `root`, with every symbolic
@@ -191,9 +218,16 @@ mod tests {
             classify(&spec(&["/app/hello.wasm"], &[], "/"), r),
             Ok(Kind::Wasm)
         );
+        // A bare module name is found in the working directory, as in the pod host; a bare
+        // native name only along PATH, as execvp finds it.
         assert_eq!(
-            classify(&spec(&["hello.wasm#run"], &[], "/app"), r).unwrap_err(),
-            "the command hello.wasm does not exist in the image"
+            classify(&spec(&["hello.wasm"], &[], "/app"), r),
+            Ok(Kind::Wasm)
+        );
+        let e = classify(&spec(&["busybox"], &["PATH=/usr/local/bin"], "/bin"), r).unwrap_err();
+        assert!(
+            e.contains("not on PATH; name it with a path (./busybox)"),
+            "{e}"
         );
         assert_eq!(
             classify(&spec(&["./hello.wasm"], &[], "/app"), r),
@@ -215,7 +249,10 @@ mod tests {
             "{e}"
         );
         let e = classify(&spec(&["missing"], &[path], "/"), r).unwrap_err();
-        assert_eq!(e, "the command missing does not exist in the image");
+        assert!(
+            e.starts_with("the command missing does not exist in the image"),
+            "{e}"
+        );
         let e = classify(&spec(&[], &[], "/"), r).unwrap_err();
         assert!(e.contains("no command"), "{e}");
     }

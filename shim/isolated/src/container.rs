@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use containerd_shimkit::sandbox::InstanceConfig;
@@ -29,6 +30,25 @@ pub struct Build {
     pub cfg: InstanceConfig,
     pub rootdir: PathBuf,
     pub kind: Kind,
+    /// The compiled module of a Wasm container.
+    #[serde(with = "serde_bytes_opt")]
+    pub module: Option<Vec<u8>>,
+}
+
+/// Module artifacts as MessagePack binary, not as an array of numbers.
+mod serde_bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(serde_bytes::Bytes::new(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<serde_bytes::ByteBuf>::deserialize(d)?.map(|b| b.into_vec()))
+    }
 }
 
 pub struct Container(Zygote);
@@ -99,7 +119,10 @@ fn with<T>(f: impl FnOnce(&mut Youki) -> Result<T, String>) -> Result<T, WireErr
 
 fn create(b: Build) -> Result<(), WireError> {
     let mut builder = ContainerBuilder::new(b.id, SyscallType::Linux)
-        .with_executor(Executor { kind: b.kind })
+        .with_executor(Executor {
+            kind: b.kind,
+            module: b.module.map(Arc::new),
+        })
         .with_root_path(b.rootdir)?;
     if let Ok(f) = b.cfg.open_stdin() {
         builder = builder.with_stdin(f);

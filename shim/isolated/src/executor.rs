@@ -2,6 +2,7 @@
 //! or the native command exactly as runc would (with the spec's environment).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{
@@ -15,13 +16,15 @@ use crate::guest;
 #[derive(Clone)]
 pub struct Executor {
     pub kind: Kind,
+    /// A Wasm container's module, compiled by the shim.
+    pub module: Option<Arc<Vec<u8>>>,
 }
 
 impl Workload for Executor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         match self.kind {
             Kind::Native => DefaultExecutor {}.exec(spec),
-            Kind::Wasm => std::process::exit(guest::run(spec)),
+            Kind::Wasm => std::process::exit(guest::run(spec, self.module.as_deref())),
         }
     }
 

@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::{AsFd as _, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 
 use oci_spec::runtime::Spec;
@@ -19,10 +18,11 @@ use crate::command;
 /// "cannot execute".
 const CANNOT_RUN: i32 = 126;
 
-/// Runs the guest named by the spec's command to its end and returns the process's exit status.
-pub fn run(spec: &Spec) -> i32 {
+/// Runs the guest (the spec's command, compiled by the shim into `module`) to its end and
+/// returns the process's exit status.
+pub fn run(spec: &Spec, module: Option<&Vec<u8>>) -> i32 {
     let mut stderr = dup_stdio(2);
-    match prepare(spec) {
+    match prepare(spec, module) {
         Ok((engine, program, ctx, http)) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -46,17 +46,17 @@ fn fail(stderr: &mut Option<File>, message: &str) -> i32 {
 
 type Prepared = (Arc<Engine>, Program, GuestContext, HttpConfig);
 
-fn prepare(spec: &Spec) -> Result<Prepared, String> {
-    let (name, path) = command::resolve(spec, Path::new("/"))?;
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read module {name}: {e}"))?;
+fn prepare(spec: &Spec, module: Option<&Vec<u8>>) -> Result<Prepared, String> {
+    let module = module.ok_or("the shim passed no compiled module")?;
     let env = command::env(spec);
     let http = HttpConfig::from_env(&env)?;
-    // No compile cache: the node's cache directory is not inside the container. The engine
-    // is this process's alone.
+    // The engine is this process's alone; the node's compile cache is not inside the
+    // container, the shim compiled the module against it.
     let engine = Engine::uncached().map_err(|e| e.to_string())?;
-    let program = engine
-        .compile(&bytes)
-        .map_err(|e| format!("module {name}: {e}"))?;
+    // SAFETY: the artifact is the shim's `precompile` output (this same binary), handed over
+    // through the zygote's fork.
+    let program = unsafe { engine.load_precompiled(module) }
+        .map_err(|e| format!("loading the compiled module: {e}"))?;
     let ctx = GuestContext {
         args: command::args(spec).to_vec(),
         env,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +11,7 @@ use containerd_shimkit::sandbox::sync::WaitableCell;
 use containerd_shimkit::sandbox::{Error, Instance, InstanceConfig};
 use oci_spec::runtime::Spec;
 use tracing::instrument;
+use wasmpod_engine::{Engine, HttpConfig};
 
 use crate::cgroup;
 use crate::command::{self, Kind};
@@ -46,6 +47,10 @@ impl Instance for Isolated {
         let root = cfg.bundle.join(root);
         let kind = command::classify(&spec, &root)
             .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
+        let module = match kind {
+            Kind::Wasm => Some(precompile(&id, &spec, &root)?),
+            Kind::Native => None,
+        };
         log::info!("container {id}: {kind:?}");
         let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
         let container = Container::build(Build {
@@ -53,6 +58,7 @@ impl Instance for Isolated {
             cfg: cfg.clone(),
             rootdir,
             kind,
+            module,
         })?;
         Ok(Isolated {
             id,
@@ -140,6 +146,27 @@ impl Instance for Isolated {
     async fn wait(&self) -> (u32, DateTime<Utc>) {
         *self.exit.wait().await
     }
+}
+
+/// The shim's engine, with the node's compile cache (`WASMPOD_CACHE_DIR`, default
+/// `/var/lib/wasmpod/cache`), shared with the pod host's shims.
+static ENGINE: LazyLock<Result<Engine, String>> =
+    LazyLock::new(|| Engine::new().map_err(|e| e.to_string()));
+
+/// Compiles the container's module here, where the compile cache is, so a module that does
+/// not compile (or a bad setting) fails StartContainer as in the pod host, and the container's
+/// process only loads the artifact.
+fn precompile(id: &str, spec: &Spec, root: &std::path::Path) -> Result<Vec<u8>, Error> {
+    let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
+    HttpConfig::from_env(&command::env(spec)).map_err(invalid)?;
+    let (name, path) = command::resolve(spec, root).map_err(invalid)?;
+    let bytes = std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
+    let engine = ENGINE.as_ref().map_err(|e| Error::Others(e.clone()))?;
+    let (artifact, outcome) = engine
+        .precompile(&bytes)
+        .map_err(|e| invalid(format!("module {name}: {e}")))?;
+    log::debug!("container {id}: module {name}: {outcome:?}");
+    Ok(artifact)
 }
 
 /// Stops exit announcements to a subscription, which would otherwise collect every exit of the
