@@ -63,9 +63,11 @@ image: ## installer image for this machine's architecture, into docker (IMAGE=..
 
 chart-lint: chart-test ## the chart's lint and render checks (same as chart-test)
 
-install: ## the shim into this node's containerd, without a node label (root)
+install: ## both shims into this node's containerd, without a node label (root)
 	$(CARGO) build --release -p wasmpod-shim -p wasmpod-installer
-	./target/release/wasmpod-installer install --shim target/release/containerd-shim-wasmtime-v1 --skip-label
+	$(ISOLATED) $(CARGO) build --release
+	./target/release/wasmpod-installer install --shim target/release/containerd-shim-wasmtime-v1 \
+		--isolated-shim target/release/containerd-shim-wasmtime-isolated-v1 --skip-label
 
 test: deps lint unit chart-test kind-check e2e installer-live ## everything CI runs (root): lint, unit, chart, static kind checks, end-to-end, installer on live containerd
 

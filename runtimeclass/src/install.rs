@@ -352,13 +352,30 @@ impl Installer {
             }
         }
 
+        let wants_isolated = plan.handlers.iter().any(|h| h == HANDLER_ISOLATED);
+        // Both sources must be there before anything is written.
+        for (source, binary, wanted) in [
+            (&self.shim_source, SHIM_BINARY, true),
+            (
+                &self.isolated_shim_source,
+                ISOLATED_SHIM_BINARY,
+                wants_isolated,
+            ),
+        ] {
+            if wanted && !source.is_file() {
+                return Err(Error::ShimMissing {
+                    path: source.clone(),
+                    flag: shim::flag_for(binary),
+                });
+            }
+        }
         let shim = shim::install(
             &self.host_root,
             &self.bin_dir,
             &self.shim_source,
             SHIM_BINARY,
         )?;
-        let isolated = match plan.handlers.iter().any(|h| h == HANDLER_ISOLATED) {
+        let isolated = match wants_isolated {
             true => Some(shim::install(
                 &self.host_root,
                 &self.bin_dir,

@@ -108,8 +108,8 @@ pub enum Error {
     K3sHandlerConflict { path: PathBuf, binary: String },
     #[error("{path}: {reason} (nothing was changed)")]
     UnsupportedTemplate { path: PathBuf, reason: String },
-    #[error("the shim to install was not found at {0}; pass --shim")]
-    ShimMissing(PathBuf),
+    #[error("the shim to install was not found at {path}; pass {flag} (nothing was changed)")]
+    ShimMissing { path: PathBuf, flag: &'static str },
     #[error("restarting containerd with `{command}` failed: {message}")]
     Restart { command: String, message: String },
     #[error("containerd's CRI at {address}: {message}")]

@@ -16,10 +16,11 @@ use wasmpod_installer::{
     HANDLERS, ISOLATED_SHIM_BINARY, SHIM_BINARY,
 };
 
-const ABOUT: &str = "Installs wasmpod's containerd shim on a Kubernetes node";
+const ABOUT: &str = "Installs wasmpod's containerd shims on a Kubernetes node";
 const LONG_ABOUT: &str = "\
-Installs wasmpod's containerd shim (containerd-shim-wasmtime-v1) on a Kubernetes node, registers
-the runtime handler `wasmtime` (and `wasmtime-isolated` when asked) in containerd's config, restarts
+Installs wasmpod's containerd shims (containerd-shim-wasmtime-v1, and
+containerd-shim-wasmtime-isolated-v1 for `wasmtime-isolated`) on a Kubernetes node, registers
+the runtime handlers `wasmtime` and `wasmtime-isolated` in containerd's config, restarts
 containerd only if the config changed, verifies the handlers through containerd's CRI, and only
 then labels the node wasmpod.dev/wasmtime=ready (the RuntimeClasses schedule on that label).
 
@@ -50,7 +51,8 @@ Immutable hosts (Talos, Bottlerocket, Container-Optimized OS) and read-only bin 
 with guidance, changing nothing.
 
 By hand on a node (as root):
-  wasmpod-installer install --shim ./containerd-shim-wasmtime-v1 --skip-label
+  wasmpod-installer install --shim ./containerd-shim-wasmtime-v1 \\
+      --isolated-shim ./containerd-shim-wasmtime-isolated-v1 --skip-label
   wasmpod-installer status
   wasmpod-installer uninstall --skip-label";
 

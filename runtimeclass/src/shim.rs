@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::{host_path, io_err, Error, Result, SHIM_BINARIES};
+use crate::{host_path, io_err, Error, Result, SHIM_BINARIES, SHIM_BINARY};
 
 pub const VERSIONS_DIR: &str = ".versions";
 
@@ -59,7 +59,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 #[tracing::instrument(skip_all, fields(source = %source.display(), bin_dir = %bin_dir.display()))]
 pub fn install(host_root: &Path, bin_dir: &Path, source: &Path, binary: &str) -> Result<Installed> {
     let bytes = std::fs::read(source).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::ShimMissing(source.to_path_buf()),
+        std::io::ErrorKind::NotFound => Error::ShimMissing {
+            path: source.to_path_buf(),
+            flag: flag_for(binary),
+        },
         _ => Error::Io {
             path: source.to_path_buf(),
             source: e,
@@ -101,6 +104,15 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path, binary: &str) ->
         digest,
         changed,
     })
+}
+
+/// The installer's option that names `binary`'s source.
+pub fn flag_for(binary: &str) -> &'static str {
+    if binary == SHIM_BINARY {
+        "--shim"
+    } else {
+        "--isolated-shim"
+    }
 }
 
 /// The version directory a link points into.
@@ -163,7 +175,7 @@ pub fn remove(host_root: &Path, bin_dir: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ISOLATED_SHIM_BINARY, SHIM_BINARY};
+    use crate::ISOLATED_SHIM_BINARY;
 
     #[test]
     fn upgrade_swaps_the_link_and_keeps_the_running_file() {

@@ -457,6 +457,30 @@ async fn upgrade_swaps_the_shim_without_touching_the_config() {
     );
 }
 
+#[tokio::test]
+async fn a_missing_isolated_shim_changes_nothing() {
+    let h = host("plain-v2");
+    let before = h.snapshot();
+    let mut inst = h.installer(Box::new(Recorder::default()));
+    inst.isolated_shim_source = h.shim.with_file_name("not-there");
+    let e = inst.install().await.unwrap_err();
+    assert!(matches!(e, Error::ShimMissing { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("pass --isolated-shim (nothing was changed)"),
+        "{e}"
+    );
+    assert_eq!(h.snapshot(), before, "nothing written");
+    // Without the isolated handler the isolated shim is not needed.
+    inst.handlers = vec!["wasmtime".into()];
+    inst.install().await.unwrap();
+    assert!(!h
+        .root()
+        .join("opt/wasmpod/bin")
+        .join(ISOLATED_SHIM_BINARY)
+        .exists());
+}
+
 /// The binary itself, as the chart and the e2e suite run it.
 #[test]
 fn cli_install_status_uninstall() {
@@ -470,6 +494,8 @@ fn cli_install_status_uninstall() {
             .arg(h.root())
             .arg("--shim")
             .arg(&h.shim)
+            .arg("--isolated-shim")
+            .arg(h.shim.with_file_name(ISOLATED_SHIM_BINARY))
             .output()
             .unwrap();
         assert!(

@@ -14,8 +14,8 @@ use wasmpod_engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Preopen, Pro
 use crate::cgroup;
 use crate::command;
 
-/// Exit status of a guest the host could not start (bad module, bad settings), as a shell's
-/// "cannot execute".
+/// Exit status of a guest the process could not start (the shim checked the module and the
+/// settings already; this is for what can still fail here), as a shell's "cannot execute".
 const CANNOT_RUN: i32 = 126;
 
 /// Runs the guest (the spec's command, compiled by the shim into `module`) to its end and
@@ -75,9 +75,10 @@ fn prepare(spec: &Spec, module: Option<&Vec<u8>>) -> Result<Prepared, String> {
     Ok((Arc::new(engine), program, ctx, http))
 }
 
-/// Runs the guest until it ends or the container is stopped. This process is PID 1 of the
-/// container: a signal without a handler would be ignored, so SIGTERM and SIGINT are handled
-/// (a command ends at once with 128 + signal, an HTTP server drains first); SIGKILL needs none.
+/// Runs the guest until it ends or the container is stopped. This process is PID 1 of its
+/// PID namespace unless the pod shares one, and PID 1 ignores signals it has no handler for,
+/// so SIGTERM and SIGINT are handled (a command ends at once with 128 + signal, an HTTP
+/// server drains first); SIGKILL needs none.
 async fn supervise(
     engine: Arc<Engine>,
     program: Program,
