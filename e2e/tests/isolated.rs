@@ -302,3 +302,32 @@ async fn a_broken_module_or_setting_fails_the_start() {
     cri.remove_pod(&pod).await.unwrap();
     assert_gone(&pod, &[&id, &bad]).await;
 }
+
+#[tokio::test]
+async fn a_wasm_artifact_runs_next_to_a_native_sidecar() {
+    // The module is a layer in containerd's content store, not a file: the shim reads it
+    // through containerd's API as the pod host does.
+    let (bed, mut cri) = connect().await;
+    let artifact = bed.image("hello-artifact");
+    cri.pull(&artifact).await.expect("PullImage");
+    let pod = cri.run_pod(&bed, "artifact", ISOLATED).await.unwrap();
+    let side = cri
+        .run(&pod, sidecar("side", "echo \"$GREETING\""))
+        .await
+        .unwrap();
+    let app = ContainerSpec {
+        name: "app".into(),
+        image: artifact,
+        command: vec!["hello.wasm".into()],
+        ..Default::default()
+    };
+    let app = cri.run(&pod, app).await.unwrap();
+    let st = cri.wait_exited(&app, WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 0, "{st:?} {}", pod.log_text("app"));
+    assert_eq!(pod.log_text("app"), "hello from wasmpod");
+    let st = cri.wait_exited(&side, WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    assert_eq!(pod.log_text("side"), "hello from the sidecar");
+    cri.remove_pod(&pod).await.unwrap();
+    assert_gone(&pod, &[&app, &side]).await;
+}

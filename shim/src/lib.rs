@@ -4,6 +4,6 @@
 
 pub use wasmpod_engine as engine;
 pub mod error;
-pub mod image;
+pub use wasmpod_image as image;
 pub mod logger;
 pub mod podhost;

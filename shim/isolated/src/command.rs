@@ -51,6 +51,12 @@ pub fn cwd(spec: &Spec) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// Whether the container has a command that names no file in `root`: a Wasm OCI artifact
+/// has no files, its module is a layer in containerd's content store.
+pub fn names_no_file(spec: &Spec, root: &Path) -> bool {
+    args(spec).first().is_some_and(|c| !c.is_empty()) && find(spec, root).is_err()
+}
+
 /// Decides how the command runs, looking at the file it names inside `root` (the container's
 /// root filesystem; `/` from inside the container).
 pub fn classify(spec: &Spec, root: &Path) -> Result<Kind, String> {
@@ -122,13 +128,7 @@ fn find(spec: &Spec, root: &Path) -> Result<(String, PathBuf, bool), String> {
         .enumerate()
         .find_map(|(i, c)| within(root, c).filter(|p| p.is_file()).map(|p| (i, p)))
         .map(|(i, p)| (file.to_string(), p, file.contains('/') || i < last))
-        .ok_or_else(|| {
-            format!(
-                "the command {file} does not exist in the image (wasmtime-isolated runs \
-                 modules that are files in the image; a Wasm OCI artifact runs under the \
-                 wasmtime runtime class)"
-            )
-        })
+        .ok_or_else(|| format!("the command {file} does not exist in the image"))
 }
 
 /// `path` (absolute, as the container sees it) as a path under `root`, with every symbolic
@@ -248,6 +248,9 @@ mod tests {
             e.contains("neither a WebAssembly module nor a native executable"),
             "{e}"
         );
+        assert!(names_no_file(&spec(&["missing"], &[path], "/"), r));
+        assert!(!names_no_file(&spec(&["run.sh"], &[path], "/"), r));
+        assert!(!names_no_file(&spec(&[], &[path], "/"), r));
         let e = classify(&spec(&["missing"], &[path], "/"), r).unwrap_err();
         assert!(
             e.starts_with("the command missing does not exist in the image"),

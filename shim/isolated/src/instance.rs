@@ -1,6 +1,6 @@
 //! containerd-shimkit's `Instance`: one container of the pod, a process of its own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use containerd_shimkit::sandbox::{Error, Instance, InstanceConfig};
 use oci_spec::runtime::Spec;
 use tracing::instrument;
 use wasmpod_engine::{Engine, HttpConfig};
+use wasmpod_image::{Containerd, ImageError};
 
 use crate::cgroup;
 use crate::command::{self, Kind};
@@ -21,6 +22,9 @@ use crate::oom;
 /// The runtime's name: containerd's `io.containerd.wasmtime-isolated.v1`, youki's state
 /// directory `/run/containerd/wasmtime-isolated`.
 pub const RUNTIME_NAME: &str = "wasmtime-isolated";
+
+/// The annotation CRI puts the container's image name in.
+const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
 /// The status reported when the process's end could not be observed (as a SIGKILL).
 const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
@@ -45,11 +49,20 @@ impl Instance for Isolated {
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = cfg.bundle.join(root);
-        let kind = command::classify(&spec, &root)
-            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
-        let module = match kind {
-            Kind::Wasm => Some(precompile(&id, &spec, &root)?),
-            Kind::Native => None,
+        let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
+        let (kind, module) = if command::names_no_file(&spec, &root) {
+            let (name, bytes) = artifact_module(&id, &spec, cfg).await?;
+            (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
+        } else {
+            match command::classify(&spec, &root).map_err(invalid)? {
+                Kind::Wasm => {
+                    let (name, path) = command::resolve(&spec, &root).map_err(invalid)?;
+                    let bytes =
+                        std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
+                    (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
+                }
+                Kind::Native => (Kind::Native, None),
+            }
         };
         log::info!("container {id}: {kind:?}");
         let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
@@ -153,17 +166,49 @@ impl Instance for Isolated {
 static ENGINE: LazyLock<Result<Engine, String>> =
     LazyLock::new(|| Engine::new().map_err(|e| e.to_string()));
 
+/// The module of a container whose command names no file in its image: the image may be a
+/// Wasm OCI artifact, whose module is a layer in containerd's content store.
+async fn artifact_module(
+    id: &str,
+    spec: &Spec,
+    cfg: &InstanceConfig,
+) -> Result<(String, Vec<u8>), Error> {
+    let containerd = Containerd::new(Path::new(&cfg.containerd_address), &cfg.namespace);
+    let image = match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRI_IMAGE_NAME))
+    {
+        Some(name) => name.clone(),
+        None => containerd
+            .image_of(id)
+            .await
+            .map_err(|e| Error::Others(format!("container {id}: {e}")))?,
+    };
+    let command = command::args(spec).first().cloned().unwrap_or_default();
+    let missing = format!("the command {command} does not exist in the image");
+    match containerd.artifact_layer(&image, &command).await {
+        Ok(Some(layer)) => Ok((layer.name, layer.bytes)),
+        Ok(None) => Err(Error::InvalidArgument(format!(
+            "container {id}: image {image} has no Wasm module: {missing}"
+        ))),
+        Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(format!("container {id}: {m}"))),
+        Err(e) => Err(Error::Others(format!(
+            "container {id}: image {image}: {missing}, and asking containerd whether the image \
+             is a Wasm artifact failed: {e}"
+        ))),
+    }
+}
+
 /// Compiles the container's module here, where the compile cache is, so a module that does
 /// not compile (or a bad setting) fails StartContainer as in the pod host, and the container's
 /// process only loads the artifact.
-fn precompile(id: &str, spec: &Spec, root: &std::path::Path) -> Result<Vec<u8>, Error> {
+fn precompile(id: &str, spec: &Spec, name: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
     HttpConfig::from_env(&command::env(spec)).map_err(invalid)?;
-    let (name, path) = command::resolve(spec, root).map_err(invalid)?;
-    let bytes = std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
     let engine = ENGINE.as_ref().map_err(|e| Error::Others(e.clone()))?;
     let (artifact, outcome) = engine
-        .precompile(&bytes)
+        .precompile(bytes)
         .map_err(|e| invalid(format!("module {name}: {e}")))?;
     log::debug!("container {id}: module {name}: {outcome:?}");
     Ok(artifact)
