@@ -51,54 +51,60 @@ pub fn cwd(spec: &Spec) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// Whether the container has a command that names no file in `root`: a Wasm OCI artifact
-/// has no files, its module is a layer in containerd's content store.
-pub fn names_no_file(spec: &Spec, root: &Path) -> bool {
-    args(spec).first().is_some_and(|c| !c.is_empty()) && find(spec, root).is_err()
+/// The file a container's command names and what it is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Command {
+    /// The command as the spec gives it, for messages.
+    pub name: String,
+    /// Its file inside the root it was looked for in.
+    pub path: PathBuf,
+    pub kind: Kind,
 }
 
 /// Decides how the command runs, looking at the file it names inside `root` (the container's
-/// root filesystem; `/` from inside the container).
-pub fn classify(spec: &Spec, root: &Path) -> Result<Kind, String> {
-    let (name, path) = resolve(spec, root)?;
-    File::open(&path).map_err(|e| format!("cannot read the command {name} in the image: {e}"))?;
-    match sniff(&path) {
-        Some(kind) => Ok(kind),
-        None => Err(format!(
-            "the command {name} is neither a WebAssembly module nor a native executable \
-             (no \\0asm, ELF or #! header)"
-        )),
-    }
-}
-
-/// The command's file inside `root`, found the way `execvp` would in the container: a name
-/// with a slash relative to the working directory, a bare name along the container's PATH.
-/// A bare name not on PATH is looked for in the working directory too, as the pod host finds
-/// modules; only a module may be found that way (`execvp` would not run a native one).
-pub fn resolve(spec: &Spec, root: &Path) -> Result<(String, PathBuf), String> {
-    let (file, path, on_path) = find(spec, root)?;
-    if !on_path && sniff(&path).is_some_and(|k| k == Kind::Native) {
+/// root filesystem), found the way `execvp` would in the container: a name with a slash
+/// relative to the working directory, a bare name along the container's PATH. A bare name
+/// not on PATH is looked for in the working directory too, as the pod host finds modules;
+/// only a module may be found that way (`execvp` would not run a native one). `None`: the
+/// command names no file in `root` (a Wasm OCI artifact has none: its module is a layer in
+/// containerd's content store).
+pub fn classify(spec: &Spec, root: &Path) -> Result<Option<Command>, String> {
+    let Some((name, path, on_path)) = find(spec, root)? else {
+        return Ok(None);
+    };
+    let kind = match sniff(&path) {
+        Ok(Some(kind)) => kind,
+        Ok(None) => {
+            return Err(format!(
+                "the command {name} is neither a WebAssembly module nor a native executable \
+                 (no \\0asm, ELF or #! header)"
+            ))
+        }
+        Err(e) => return Err(format!("cannot read the command {name} in the image: {e}")),
+    };
+    if !on_path && kind == Kind::Native {
         return Err(format!(
-            "the command {file} is a native executable in the working directory, not on \
-             PATH; name it with a path (./{file})"
+            "the command {name} is a native executable in the working directory, not on \
+             PATH; name it with a path (./{name})"
         ));
     }
-    Ok((file, path))
+    Ok(Some(Command { name, path, kind }))
 }
 
 /// The kind a file's first bytes say, if any.
-fn sniff(path: &Path) -> Option<Kind> {
+fn sniff(path: &Path) -> std::io::Result<Option<Kind>> {
     let mut head = [0u8; 4];
-    let n = File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
-    match &head[..n] {
+    let n = File::open(path)?.read(&mut head)?;
+    Ok(match &head[..n] {
         b"\0asm" => Some(Kind::Wasm),
         [0x7f, b'E', b'L', b'F'] | [b'#', b'!', ..] => Some(Kind::Native),
         _ => None,
-    }
+    })
 }
 
-/// (the command, its file, whether it was found as `execvp` finds it).
-fn find(spec: &Spec, root: &Path) -> Result<(String, PathBuf, bool), String> {
+/// (the command, its file, whether it was found as `execvp` finds it), `None` if it names no
+/// file.
+fn find(spec: &Spec, root: &Path) -> Result<Option<(String, PathBuf, bool)>, String> {
     let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
         return Err(
             "the container has no command (set command or args, or an image \
@@ -123,12 +129,11 @@ fn find(spec: &Spec, root: &Path) -> Result<(String, PathBuf, bool), String> {
             .collect()
     };
     let last = candidates.len() - 1;
-    candidates
+    Ok(candidates
         .iter()
         .enumerate()
         .find_map(|(i, c)| within(root, c).filter(|p| p.is_file()).map(|p| (i, p)))
-        .map(|(i, p)| (file.to_string(), p, file.contains('/') || i < last))
-        .ok_or_else(|| format!("the command {file} does not exist in the image"))
+        .map(|(i, p)| (file.to_string(), p, file.contains('/') || i < last)))
 }
 
 /// `path` (absolute, as the container sees it) as a path under `root`, with every symbolic
@@ -209,53 +214,48 @@ mod tests {
         root
     }
 
+    fn kind(spec: &Spec, root: &Path) -> Result<Kind, String> {
+        match classify(spec, root)? {
+            Some(c) => Ok(c.kind),
+            None => Err("no such file".into()),
+        }
+    }
+
     #[test]
     fn modules_and_executables_are_told_apart() {
         let root = image();
         let r = root.path();
         let path = "PATH=/usr/local/bin:/bin";
         assert_eq!(
-            classify(&spec(&["/app/hello.wasm"], &[], "/"), r),
+            kind(&spec(&["/app/hello.wasm"], &[], "/"), r),
             Ok(Kind::Wasm)
         );
         // A bare module name is found in the working directory, as in the pod host; a bare
         // native name only along PATH, as execvp finds it.
-        assert_eq!(
-            classify(&spec(&["hello.wasm"], &[], "/app"), r),
-            Ok(Kind::Wasm)
-        );
-        let e = classify(&spec(&["busybox"], &["PATH=/usr/local/bin"], "/bin"), r).unwrap_err();
+        assert_eq!(kind(&spec(&["hello.wasm"], &[], "/app"), r), Ok(Kind::Wasm));
+        let e = kind(&spec(&["busybox"], &["PATH=/usr/local/bin"], "/bin"), r).unwrap_err();
         assert!(
             e.contains("not on PATH; name it with a path (./busybox)"),
             "{e}"
         );
         assert_eq!(
-            classify(&spec(&["./hello.wasm"], &[], "/app"), r),
+            kind(&spec(&["./hello.wasm"], &[], "/app"), r),
             Ok(Kind::Wasm)
         );
         assert_eq!(
-            classify(&spec(&["sh", "-c", "true"], &[path], "/"), r),
+            kind(&spec(&["sh", "-c", "true"], &[path], "/"), r),
             Ok(Kind::Native)
         );
-        assert_eq!(
-            classify(&spec(&["run.sh"], &[path], "/"), r),
-            Ok(Kind::Native)
-        );
+        assert_eq!(kind(&spec(&["run.sh"], &[path], "/"), r), Ok(Kind::Native));
         // The default PATH applies when the image sets none.
-        assert_eq!(classify(&spec(&["busybox"], &[], "/"), r), Ok(Kind::Native));
-        let e = classify(&spec(&["/app/notes.txt"], &[], "/"), r).unwrap_err();
+        assert_eq!(kind(&spec(&["busybox"], &[], "/"), r), Ok(Kind::Native));
+        let e = kind(&spec(&["/app/notes.txt"], &[], "/"), r).unwrap_err();
         assert!(
             e.contains("neither a WebAssembly module nor a native executable"),
             "{e}"
         );
-        assert!(names_no_file(&spec(&["missing"], &[path], "/"), r));
-        assert!(!names_no_file(&spec(&["run.sh"], &[path], "/"), r));
-        assert!(!names_no_file(&spec(&[], &[path], "/"), r));
-        let e = classify(&spec(&["missing"], &[path], "/"), r).unwrap_err();
-        assert!(
-            e.starts_with("the command missing does not exist in the image"),
-            "{e}"
-        );
+        // No such file: the shim then asks containerd whether the image is a Wasm artifact.
+        assert_eq!(classify(&spec(&["missing"], &[path], "/"), r), Ok(None));
         let e = classify(&spec(&[], &[], "/"), r).unwrap_err();
         assert!(e.contains("no command"), "{e}");
     }

@@ -15,7 +15,7 @@ use wasmpod_engine::{Engine, HttpConfig};
 use wasmpod_image::{Containerd, ImageError};
 
 use crate::cgroup;
-use crate::command::{self, Kind};
+use crate::command::{self, Command, Kind};
 use crate::container::{Build, Container};
 use crate::oom;
 
@@ -50,18 +50,18 @@ impl Instance for Isolated {
             .unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = cfg.bundle.join(root);
         let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
-        let (kind, module) = if command::names_no_file(&spec, &root) {
-            let (name, bytes) = artifact_module(&id, &spec, cfg).await?;
-            (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
-        } else {
-            match command::classify(&spec, &root).map_err(invalid)? {
-                Kind::Wasm => {
-                    let (name, path) = command::resolve(&spec, &root).map_err(invalid)?;
-                    let bytes =
-                        std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
-                    (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
-                }
-                Kind::Native => (Kind::Native, None),
+        let (kind, module) = match command::classify(&spec, &root).map_err(invalid)? {
+            Some(Command {
+                kind: Kind::Native, ..
+            }) => (Kind::Native, None),
+            Some(Command { name, path, .. }) => {
+                let bytes =
+                    std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
+                (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
+            }
+            None => {
+                let (name, bytes) = artifact_module(&id, &spec, cfg).await?;
+                (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
             }
         };
         log::info!("container {id}: {kind:?}");
