@@ -31,6 +31,9 @@ pub enum ImageError {
     /// What the image holds cannot be run.
     #[error("{0}")]
     Invalid(String),
+    /// Whether the image holds a module could not be found out.
+    #[error("{0}")]
+    Unanswered(String),
 }
 
 /// containerd's API, as the shim was told to reach it (`-address`, `-namespace`).
@@ -95,6 +98,47 @@ impl Containerd {
                 .unwrap_or_default())
         };
         self.timed(lookup).await
+    }
+
+    /// A container's image name for messages and content lookups: CRI puts it in an
+    /// annotation (`annotated`); for other clients (`ctr run`) containerd knows it.
+    pub async fn image_name(&self, container: &str, annotated: Option<String>) -> String {
+        if let Some(name) = annotated.filter(|n| !n.is_empty()) {
+            return name;
+        }
+        match self.image_of(container).await {
+            Ok(name) if !name.is_empty() => name,
+            Ok(_) => format!("of container {container}"),
+            Err(e) => {
+                tracing::warn!("cannot look up the image of {container}: {e}");
+                format!("of container {container}")
+            }
+        }
+    }
+
+    /// The module of a container whose `command` names no file in `image` (`missing` says
+    /// how): the image may be a Wasm artifact. Anything else is `Invalid` (the image has no
+    /// module) or `Unanswered` (containerd could not tell).
+    pub async fn artifact_module(
+        &self,
+        image: &str,
+        command: &str,
+        missing: &str,
+    ) -> Result<Layer, ImageError> {
+        match self.artifact_layer(image, command).await {
+            Ok(Some(layer)) => Ok(layer),
+            Ok(None) => Err(ImageError::Invalid(format!(
+                "image {image} has no Wasm module: {missing}"
+            ))),
+            Err(ImageError::Containerd { address, message }) => {
+                Err(ImageError::Unanswered(format!(
+                    "image {image}: {missing}, and asking containerd whether the image is a \
+                     Wasm artifact failed: {}",
+                    ImageError::Containerd { address, message }
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The module of a Wasm artifact: `None` when the image is an ordinary container image

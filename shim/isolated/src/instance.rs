@@ -174,29 +174,18 @@ async fn artifact_module(
     cfg: &InstanceConfig,
 ) -> Result<(String, Vec<u8>), Error> {
     let containerd = Containerd::new(Path::new(&cfg.containerd_address), &cfg.namespace);
-    let image = match spec
+    let annotated = spec
         .annotations()
         .as_ref()
         .and_then(|a| a.get(CRI_IMAGE_NAME))
-    {
-        Some(name) => name.clone(),
-        None => containerd
-            .image_of(id)
-            .await
-            .map_err(|e| Error::Others(format!("container {id}: {e}")))?,
-    };
+        .cloned();
+    let image = containerd.image_name(id, annotated).await;
     let command = command::args(spec).first().cloned().unwrap_or_default();
     let missing = format!("the command {command} does not exist in the image");
-    match containerd.artifact_layer(&image, &command).await {
-        Ok(Some(layer)) => Ok((layer.name, layer.bytes)),
-        Ok(None) => Err(Error::InvalidArgument(format!(
-            "container {id}: image {image} has no Wasm module: {missing}"
-        ))),
+    match containerd.artifact_module(&image, &command, &missing).await {
+        Ok(layer) => Ok((layer.name, layer.bytes)),
         Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(format!("container {id}: {m}"))),
-        Err(e) => Err(Error::Others(format!(
-            "container {id}: image {image}: {missing}, and asking containerd whether the image \
-             is a Wasm artifact failed: {e}"
-        ))),
+        Err(e) => Err(Error::Others(format!("container {id}: {e}"))),
     }
 }
 

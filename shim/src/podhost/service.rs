@@ -402,33 +402,21 @@ impl Service {
         };
         let image = self.image_name(id, spec).await;
         let command = spec::args(spec).into_iter().next().unwrap_or_default();
-        match self.inner.containerd.artifact_layer(&image, &command).await {
-            Ok(Some(layer)) => Ok((layer.name, layer.bytes)),
-            Ok(None) => Err(Error::InvalidArgument(format!(
-                "image {image} has no Wasm module: {missing}"
-            ))),
+        match self
+            .inner
+            .containerd
+            .artifact_module(&image, &command, &missing)
+            .await
+        {
+            Ok(layer) => Ok((layer.name, layer.bytes)),
             Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(m)),
-            Err(e) => Err(Error::Internal(format!(
-                "image {image}: {missing}, and asking containerd whether the image is a Wasm \
-                 artifact failed: {e}"
-            ))),
+            Err(e) => Err(Error::Internal(e.to_string())),
         }
     }
 
-    /// The container's image name for messages and content lookups: CRI puts it in an
-    /// annotation; for other clients (`ctr run`) containerd knows it.
     async fn image_name(&self, id: &str, spec: &oci_spec::runtime::Spec) -> String {
-        if let Some(name) = spec::image_name(spec) {
-            return name;
-        }
-        match self.inner.containerd.image_of(id).await {
-            Ok(name) if !name.is_empty() => name,
-            Ok(_) => format!("of container {id}"),
-            Err(e) => {
-                tracing::warn!("cannot look up the image of {id}: {e}");
-                format!("of container {id}")
-            }
-        }
+        let annotated = spec::image_name(spec);
+        self.inner.containerd.image_name(id, annotated).await
     }
 
     async fn do_start(&self, id: &str) -> Result<u32> {
