@@ -26,14 +26,28 @@ pub struct Installed {
 }
 
 pub fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of a file, read in pieces: a debug shim is hundreds of MiB and the installer
+/// runs under a memory limit (the chart's is 128 MiB).
+fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Writes to `path` through a temp file in the same directory and a rename: what `fill`
+/// writes into the temp file, with `mode`.
+fn replace_atomic(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = dir.join(format!(
@@ -43,7 +57,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
+        fill(&mut f).map_err(io_err(&tmp))?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
@@ -55,10 +69,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace_atomic(path, mode, |f| f.write_all(bytes))
+}
+
 /// Installs `source` as the shim `binary` (one of [`SHIM_BINARIES`]) under the host's `bin_dir`.
 #[tracing::instrument(skip_all, fields(source = %source.display(), bin_dir = %bin_dir.display()))]
 pub fn install(host_root: &Path, bin_dir: &Path, source: &Path, binary: &str) -> Result<Installed> {
-    let bytes = std::fs::read(source).map_err(|e| match e.kind() {
+    let digest = file_digest(source).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ShimMissing {
             path: source.to_path_buf(),
             flag: flag_for(binary),
@@ -68,16 +87,15 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path, binary: &str) ->
             source: e,
         },
     })?;
-    let digest = digest(&bytes);
     let dir = host_path(host_root, bin_dir);
     let rel = Path::new(VERSIONS_DIR).join(&digest).join(binary);
     let versioned = dir.join(&rel);
     let mut changed = false;
-    if std::fs::read(&versioned)
-        .map(|b| b != bytes)
-        .unwrap_or(true)
-    {
-        write_atomic(&versioned, &bytes, 0o755)?;
+    // The name is the content's digest, so a file there with that digest is this binary.
+    if file_digest(&versioned).ok().as_deref() != Some(digest.as_str()) {
+        replace_atomic(&versioned, 0o755, |f| {
+            std::io::copy(&mut std::fs::File::open(source)?, f).map(drop)
+        })?;
         changed = true;
     }
     let link = dir.join(binary);
