@@ -397,10 +397,10 @@ impl Installer {
                 info!(backup = %backup.display(), "original config backed up");
             }
         }
+        let mode = std::fs::metadata(&target)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o644);
         if config_changed {
-            let mode = std::fs::metadata(&target)
-                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-                .unwrap_or(0o644);
             write_atomic(&target, plan.desired.as_bytes(), mode)?;
             info!(config = %plan.path.display(), "containerd config updated");
         } else {
@@ -424,7 +424,20 @@ impl Installer {
             })?;
             write_atomic(&self.state_file(), &json, 0o600)?;
         }
-        let restarted = self.maybe_restart(config_changed, &plan.layout.services)?;
+        let restarted = match self.maybe_restart(config_changed, &plan.layout.services) {
+            Ok(r) => r,
+            Err(e) => {
+                // containerd still runs on the previous config: put it back, so that the next
+                // run sees the change as still to do and restarts again, instead of finding a
+                // config that looks installed but was never loaded.
+                match &plan.current {
+                    Some(cur) => write_atomic(&target, cur.as_bytes(), mode)?,
+                    None => std::fs::remove_file(&target).map_err(io_err(&target))?,
+                }
+                warn!(config = %plan.path.display(), error = %e, "restarting containerd failed: the previous config is restored");
+                return Err(e);
+            }
+        };
         Ok(Report {
             distro: plan.layout.distro,
             config: plan.path,

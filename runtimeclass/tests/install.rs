@@ -578,3 +578,37 @@ async fn a_config_that_already_has_the_runtimes_is_left_and_restored_as_is() {
     assert!(!u.config_changed && u.restarted.is_none(), "{u:?}");
     assert_eq!(h.snapshot(), before);
 }
+
+/// A restarter whose restart fails, as a missing systemd unit or a broken command does.
+struct FailingRestart;
+
+impl Restarter for FailingRestart {
+    fn restart(&self, unit: &str) -> wasmpod_installer::Result<()> {
+        Err(wasmpod_installer::Error::Restart {
+            command: format!("systemctl restart {unit}"),
+            message: "exit status: 1".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_restart_puts_the_previous_config_back_and_the_next_run_retries() {
+    let h = host("plain-v3");
+    let config = "etc/containerd/config.toml";
+    let before = h.read(config);
+    let e = h
+        .installer(Box::new(FailingRestart))
+        .install()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exit status: 1"), "{e}");
+    // containerd never loaded the new config, so the file must not claim it did.
+    assert_eq!(h.read(config), before);
+    let r = h
+        .installer(Box::new(Recorder::default()))
+        .install()
+        .await
+        .unwrap();
+    assert!(r.config_changed && r.restarted.is_some(), "{r:?}");
+    assert!(h.read(config).contains("runtimes.wasmtime"));
+}
