@@ -139,6 +139,10 @@ struct NodeArgs {
     /// Restart containerd with this shell command instead of systemctl ($UNIT is set).
     #[arg(long, env = "WASMPOD_RESTART_COMMAND")]
     restart_command: Option<String>,
+    /// A process in the host's namespaces, entered to run systemctl or --restart-command on
+    /// the host from a container (with hostPID). PID 1 on every node.
+    #[arg(long, env = "WASMPOD_HOST_PID", default_value_t = 1)]
+    host_pid: u32,
     /// Do not verify through the CRI nor touch the node label (no Kubernetes API).
     #[arg(long)]
     skip_label: bool,
@@ -185,8 +189,8 @@ impl NodeArgs {
             }
         }
         let restarter: Box<dyn Restarter> = match &self.restart_command {
-            Some(c) => Box::new(ShellRestarter(c.clone())),
-            None => Box::new(HostSystemd),
+            Some(c) => Box::new(ShellRestarter(c.clone(), self.host_pid)),
+            None => Box::new(HostSystemd(self.host_pid)),
         };
         Ok(Installer {
             host_root: self.host_root.clone(),

@@ -15,16 +15,16 @@ pub trait Restarter: Send + Sync {
     fn restart(&self, unit: &str) -> Result<()>;
 }
 
-/// `systemctl restart UNIT` on the host. When this process is not in PID 1's mount namespace
-/// (a pod with hostPID), the command runs in PID 1's mount, UTS, IPC and network namespaces
-/// (hostPID already shares its PID namespace), so it is the host's systemctl, found on the
-/// host's PATH, talking to the host's systemd. Entering the mount namespace also moves the
-/// child's root and working directory to the host's root.
-pub struct HostSystemd;
+/// `systemctl restart UNIT` on the host (see [`host_command`]). The field is the PID of a
+/// process in the host's namespaces: 1 on every node; `--host-pid` for a machine whose PID 1
+/// hides its namespaces (the repo's local test cluster runs on such a VM).
+pub struct HostSystemd(pub u32);
 
-fn same_ns(kind: &str) -> bool {
+/// Whether this process shares `pid`'s namespace `kind`. A namespace that cannot be read
+/// counts as shared: the installer then runs where it is (by hand on the host, as root).
+fn same_ns(pid: u32, kind: &str) -> bool {
     match (
-        std::fs::read_link(format!("/proc/1/ns/{kind}")),
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}")),
         std::fs::read_link(format!("/proc/self/ns/{kind}")),
     ) {
         (Ok(a), Ok(b)) => a == b,
@@ -32,90 +32,93 @@ fn same_ns(kind: &str) -> bool {
     }
 }
 
-impl Restarter for HostSystemd {
-    #[tracing::instrument(skip(self))]
-    fn restart(&self, unit: &str) -> Result<()> {
-        let mut cmd = Command::new("systemctl");
-        cmd.args(["restart", unit]).env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
-        let enter = !same_ns("mnt");
-        if enter {
-            let fds = ["uts", "ipc", "net", "mnt"]
-                .iter()
-                .map(|k| {
-                    let p = format!("/proc/1/ns/{k}");
-                    std::fs::File::open(&p).map_err(crate::io_err(&p))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // SAFETY: runs in the forked child before exec; setns is async-signal-safe and
-            // the child is single-threaded, which setns(CLONE_NEWNS) requires.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for f in &fds {
-                        nix::sched::setns(f, nix::sched::CloneFlags::empty())
-                            .map_err(std::io::Error::from)?;
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let described = format!(
-            "{}systemctl restart {unit}",
-            if enter {
-                "(in PID 1's namespaces) "
-            } else {
-                ""
-            }
-        );
-        info!(command = %described, "restarting");
-        let out = cmd.output().map_err(|e| Error::Restart {
-            command: described.clone(),
-            message: e.to_string(),
-        })?;
-        if !out.status.success() {
-            return Err(Error::Restart {
-                command: described,
-                message: format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
+/// A command that runs on the host: when this process is not in the mount namespace of
+/// `host_pid` (PID 1, seen from a pod with hostPID), the child enters that process's mount,
+/// UTS, IPC and network namespaces (hostPID already shares its PID namespace), so it finds the
+/// host's programs on the host's PATH and talks to the host's services. Entering the mount
+/// namespace also moves the child's root and working directory to the host's root. Returns
+/// the command and whether it enters.
+fn host_command(host_pid: u32, program: &str) -> Result<(Command, bool)> {
+    let mut cmd = Command::new(program);
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    let enter = !same_ns(host_pid, "mnt");
+    if enter {
+        let fds = ["uts", "ipc", "net", "mnt"]
+            .iter()
+            .map(|k| {
+                let p = format!("/proc/{host_pid}/ns/{k}");
+                std::fs::File::open(&p).map_err(crate::io_err(&p))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // SAFETY: runs in the forked child before exec; setns is async-signal-safe and
+        // the child is single-threaded, which setns(CLONE_NEWNS) requires.
+        unsafe {
+            cmd.pre_exec(move || {
+                for f in &fds {
+                    nix::sched::setns(f, nix::sched::CloneFlags::empty())
+                        .map_err(std::io::Error::from)?;
+                }
+                Ok(())
             });
         }
-        Ok(())
+    }
+    Ok((cmd, enter))
+}
+
+fn run(mut cmd: Command, described: String) -> Result<()> {
+    let out = cmd.output().map_err(|e| Error::Restart {
+        command: described.clone(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Restart {
+            command: described,
+            message: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn in_host(host_pid: u32, enter: bool) -> String {
+    if enter {
+        format!("(in PID {host_pid}'s namespaces) ")
+    } else {
+        String::new()
     }
 }
 
-/// Runs a command of the user's (`--restart-command`, through `sh -c`) instead of systemctl:
-/// for containerds not run by systemd (the e2e test bed, a custom node image). `$UNIT` holds
-/// the unit that would have been restarted.
-pub struct ShellRestarter(pub String);
+impl Restarter for HostSystemd {
+    #[tracing::instrument(skip(self))]
+    fn restart(&self, unit: &str) -> Result<()> {
+        let (mut cmd, enter) = host_command(self.0, "systemctl")?;
+        cmd.args(["restart", unit]);
+        let described = format!("{}systemctl restart {unit}", in_host(self.0, enter));
+        info!(command = %described, "restarting");
+        run(cmd, described)
+    }
+}
+
+/// Runs a command of the user's (`--restart-command`, through the host's `sh -c`, in the
+/// host's namespaces like systemctl) instead of systemctl: for containerds not run by systemd
+/// (the e2e test bed, the local test cluster, a custom node image). `$UNIT` holds the unit
+/// that would have been restarted. The `u32` is the host process, as for [`HostSystemd`].
+pub struct ShellRestarter(pub String, pub u32);
 
 impl Restarter for ShellRestarter {
     #[tracing::instrument(skip(self))]
     fn restart(&self, unit: &str) -> Result<()> {
-        info!(command = %self.0, "restarting with --restart-command");
-        let out = Command::new("sh")
-            .args(["-c", &self.0])
-            .env("UNIT", unit)
-            .output()
-            .map_err(|e| Error::Restart {
-                command: self.0.clone(),
-                message: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(Error::Restart {
-                command: self.0.clone(),
-                message: format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-        Ok(())
+        let (mut cmd, enter) = host_command(self.1, "sh")?;
+        cmd.args(["-c", &self.0]).env("UNIT", unit);
+        let described = format!("{}{}", in_host(self.1, enter), self.0);
+        info!(command = %described, "restarting with --restart-command");
+        run(cmd, described)
     }
 }
 
@@ -127,10 +130,10 @@ mod tests {
     fn shell_restarter_runs_the_command_with_the_unit() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("unit");
-        let r = ShellRestarter(format!("printf %s \"$UNIT\" > {}", out.display()));
+        let r = ShellRestarter(format!("printf %s \"$UNIT\" > {}", out.display()), 1);
         r.restart("k3s-agent").unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "k3s-agent");
-        let e = ShellRestarter("echo boom >&2; exit 3".into())
+        let e = ShellRestarter("echo boom >&2; exit 3".into(), 1)
             .restart("x")
             .unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
