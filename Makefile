@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: help build release lint unit e2e test demo bench bench-wasmtime clean installer-test chart-test installer-live installer-image
-.PHONY: kind-test kind-check image chart-lint install deps
+.PHONY: kind-test kind-check image chart-lint install deps cluster-up cluster-down cluster-test components
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,19 @@ installer-image: ## installer image, multi-arch (needs docker buildx)
 kind-test: ## kind cluster: images, helm install, Wasm workloads, helm test, uninstall (docker, kind, kubectl, helm, skopeo)
 	bash test-kind/run.sh
 
+components: ## build the local cluster's Kubernetes, etcd, Helm and crictl from the Go module proxy (once; ~15 min cold)
+	bash test-kind/components.sh
+
+CONTAINERD ?= 2.1
+cluster-up: ## a single-node Kubernetes here with wasmpod installed (root; CONTAINERD=2.1|1.7); kubeconfig in target/cluster/
+	CONTAINERD=$(CONTAINERD) bash test-kind/cluster.sh up
+
+cluster-down: ## stop the local cluster and remove everything it created (root)
+	bash test-kind/cluster.sh down
+
+cluster-test: ## the chart, installer and Wasm workloads on the local cluster, containerd 2.1 and 1.7 (root)
+	bash test-kind/cluster-test.sh
+
 kind-check: ## static checks, no Docker: bash -n + shellcheck on all scripts, YAML, kind test dry run
 	bash test-kind/check.sh
 
@@ -69,7 +82,7 @@ install: ## both shims into this node's containerd, without a node label (root)
 	./target/release/wasmpod-installer install --shim target/release/containerd-shim-wasmtime-v1 \
 		--isolated-shim target/release/containerd-shim-wasmtime-isolated-v1 --skip-label
 
-test: deps lint unit chart-test kind-check e2e installer-live ## everything CI runs (root): lint, unit, chart, static kind checks, end-to-end, installer on live containerd
+test: deps lint unit chart-test kind-check e2e installer-live cluster-test ## everything CI runs (root): lint, unit, chart, static kind checks, end-to-end, installer on live containerd, the local cluster
 
 demo: ## set up the test bed and run a Wasm pod through containerd's CRI (root)
 	bash e2e/demo.sh

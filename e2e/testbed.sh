@@ -8,6 +8,9 @@
 #   e2e/testbed.sh start 1.7|2.1  start that containerd with the wasmtime handler and a registry
 #                                 holding the registry images; prints env
 #   e2e/testbed.sh stop 1.7|2.1   stop both by PID and remove their mounts and state
+#   e2e/testbed.sh registry-start DIR | registry-stop DIR
+#                                 only the registry with the registry images, its state and a
+#                                 containerd certs.d for it under DIR (the local cluster's)
 #
 # Everything lives under $WASMPOD_TESTBED (default /var/tmp/wasmpod-testbed); the system's
 # containerd, apt sources and /etc are never touched. Needs root (mounts, containerd). The
@@ -27,7 +30,9 @@ declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
 # Tools unpacked from .debs rather than installed: the registry package would start a
 # system service. package=suite:version.
 declare -A TOOLS=([docker-registry]="bookworm:2.8.2+ds1-1")
-PACKAGES=(runc curl containernetworking-plugins wrk protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck)
+PACKAGES=(runc curl containernetworking-plugins wrk protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck
+	# the local cluster (test-kind/cluster.sh): certificates, kube-proxy's iptables and conntrack
+	openssl iptables conntrack)
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
@@ -310,7 +315,7 @@ cmd_start() {
 			ctr_ "$v" -n "$ns" images import --all-platforms "$IMAGES/$img.tar" >/dev/null
 		done
 	done
-	start_registry "$v"
+	start_registry "$d"
 	cat <<EOF
 export WASMPOD_CONTAINERD_VERSION=$v
 export WASMPOD_CONTAINERD_SOCKET=$d/containerd.sock
@@ -321,11 +326,10 @@ export WASMPOD_REGISTRY=$REGISTRY
 EOF
 }
 
-# A registry for this containerd, filled with the registry images; containerd pulls from it
-# over plain HTTP through its certs.d configuration.
+# A registry filled with the registry images, its state in DIR/registry; a containerd whose
+# registry config_path is DIR/certs.d pulls from it over plain HTTP.
 start_registry() {
-	local v=$1 d reg
-	d=$(run_dir "$v")
+	local d=$1 reg
 	reg=$d/registry
 	[ -x "$TB/tools/docker-registry/usr/bin/docker-registry" ] || die "no registry: run '$0 install'"
 	[ -d "$IMAGES/registry" ] || die "no registry images in $IMAGES/registry: run '$0 images'"
@@ -388,11 +392,7 @@ cmd_stop() {
 		fi
 		rm -f "$d/containerd.pid"
 	fi
-	if [ -f "$d/registry/registry.pid" ]; then
-		pid=$(cat "$d/registry/registry.pid")
-		kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
-		rm -f "$d/registry/registry.pid"
-	fi
+	stop_registry "$d"
 	# Parent cgroups of the test pods (runc and wasmpod leave parents, as the kubelet does);
 	# rmdir takes only empty ones.
 	rmdir /sys/fs/cgroup/*/wasmpod-e2e /sys/fs/cgroup/*/wasmpod_e2e.slice /sys/fs/cgroup/*/k8s.io \
@@ -406,10 +406,24 @@ cmd_stop() {
 	done
 }
 
+stop_registry() {
+	local d=$1 pid
+	if [ -f "$d/registry/registry.pid" ]; then
+		pid=$(cat "$d/registry/registry.pid")
+		kill -0 "$pid" 2>/dev/null && kill -TERM "$pid"
+		rm -f "$d/registry/registry.pid"
+	fi
+}
+
 case "${1:-}" in
 install) cmd_install ;;
+registry-start)
+	[ -n "${2:-}" ] || die "usage: $0 registry-start DIR"
+	mkdir -p "$2" && start_registry "$2"
+	;;
+registry-stop) stop_registry "${2:?usage: $0 registry-stop DIR}" ;;
 images) cmd_images ;;
 start) cmd_start "${2:-}" ;;
 stop) cmd_stop "${2:-}" ;;
-*) sed -n '2,11p' "$0" >&2; exit 2 ;;
+*) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac
