@@ -82,6 +82,8 @@ one_version() {
 	local values
 	mapfile -t values < <($CLUSTER helm-values 1)
 	kubectl get nodes -o wide
+	build_images
+	push_images "${WASMPOD_REGISTRY:-127.0.0.1:5000}"
 
 	step "the chart without the installer: RuntimeClasses, no label, a Wasm pod stays Pending"
 	run helm install wasmpod charts/wasmpod -n "$NS" --create-namespace "${values[@]}" \
@@ -114,9 +116,6 @@ one_version() {
 	run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wasm-early --timeout 120s
 	contains "wasm-early log (Pending until the label)" "$(kubectl -n "$TNS" logs wasm-early)" "hello from wasmpod"
 
-	step "workloads"
-	build_images
-	push_images 127.0.0.1:5000
 	check_workloads
 
 	step "helm test (the chart's default: the installer image's /hello.wasm)"

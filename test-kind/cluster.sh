@@ -347,6 +347,9 @@ cmd_up() {
 	[ -x "$TB/containerd-$v/usr/bin/containerd" ] || die "containerd $v is not in the test bed"
 	command -v iptables >/dev/null || die "iptables is needed for kube-proxy (apt-get install iptables)"
 	check_free
+	if iptables-save 2>/dev/null | grep -q '^:KUBE-'; then
+		die "iptables already has KUBE-* chains: another Kubernetes runs (or ran) here; this cluster removes its chains at 'down' and would take those too"
+	fi
 	# What is left of an earlier cluster that was not brought down (a killed run).
 	[ ! -d "$RUN" ] || cleanup_state
 	mkdir -p "$RUN"/{pids,logs,containerd,etcd,kubelet,pod-logs,wasmpod} "$OUT"
@@ -483,6 +486,11 @@ node_values() {
 		--set "installer.restartCommand=bash $ROOT/test-kind/cluster.sh restart-containerd"
 		--set "installer.binDir=$RUN/wasmpod/bin" --set "installer.stateDir=$RUN/wasmpod/state"
 		--set installer.checkInterval=5
+		# The pod's shim process lives in the pod's cgroup, whose limit is the containers'
+		# limits plus this overhead. A debug shim charges ~10 MiB idle and more once a guest
+		# runs (the release one far less), so the chart's 2Mi would let the kernel OOM-kill
+		# the shim before the engine refuses the guest's grow (seen: memhog exit 255, Error).
+		--set-string runtimeClasses.wasmtime.overhead.memory=64Mi
 		# This VM's PID 1 hides its namespaces; the supervisor that runs containerd is in the
 		# host's, as systemd would be.
 		--set "installer.hostPid=$(cat "$RUN/pids/containerd-supervisor.pid" 2>/dev/null || echo 1)"
@@ -546,10 +554,41 @@ cmd_down() {
 		done
 	fi
 	for c in kube-apiserver etcd containerd-supervisor; do stop_pid "$c"; done
+	# Shims of this containerd that outlived their pods (a pod host shim ends when containerd
+	# deletes its pod's last container; one that did not is a bug to see, not to keep).
+	local pid
+	for pid in $(pgrep -f -- "-address $RUN/containerd/containerd.sock" || true); do
+		log "warning: ending a shim left after containerd: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+		kill -KILL "$pid" 2>/dev/null || true
+	done
 	bash "$ROOT/e2e/testbed.sh" registry-stop "$RUN"
 	"$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+	remove_kube_chains
 	cleanup_state
 	log "cluster down"
+}
+
+# The kubelet's own iptables chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT),
+# which kube-proxy --cleanup leaves. `up` refuses a machine that had KUBE-* chains before, so
+# every one of them is this cluster's.
+remove_kube_chains() {
+	local ipt table chain rule
+	for ipt in iptables ip6tables; do
+		command -v "$ipt" >/dev/null || continue
+		for table in filter nat mangle; do
+			{ "$ipt-save" -t "$table" 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' || true; } | sed 's/^-A /-D /' |
+				while read -r rule; do
+					# shellcheck disable=SC2086 # a rule is words
+					"$ipt" -t "$table" $rule 2>/dev/null || true
+				done
+			for chain in $("$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p'); do
+				"$ipt" -t "$table" -F "$chain" 2>/dev/null || true
+			done
+			for chain in $("$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p'); do
+				"$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+			done
+		done
+	done
 }
 
 # Mounts, cgroups, the bridge and the state directory of a cluster whose processes are gone.
@@ -561,7 +600,7 @@ cleanup_state() {
 	# The kubelet's cgroups (cgroupfs: kubepods/... in every v1 hierarchy), deepest first.
 	local h
 	for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
-		[ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} + 2>/dev/null
+		[ ! -d "$h" ] || find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || log "warning: cgroups left under $h"
 	done
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
 	if [ "$(cat "$RUN/root-propagation" 2>/dev/null)" = private ]; then mount --make-private /; fi
