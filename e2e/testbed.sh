@@ -21,8 +21,8 @@
 # Debian keeps only the current version of a package in a suite, so a pin disappears the day
 # the suite moves on. The pins stay the preferred versions: a cached pinned .deb wins over
 # anything in the archive; when a pin is gone, the suite's newest version of the same upstream
-# minor line is taken, else the suite's newest version, and every command that uses the test
-# bed says so in a "WARNING: test bed:" line. $WASMPOD_DEBIAN_MIRROR and $WASMPOD_APT_OPTIONS
+# minor line is taken, else the suite's newest version, and `install` and `fetch` say so in a
+# "WARNING: test bed:" line (make test, e2e, demo and bench start with `install`). $WASMPOD_DEBIAN_MIRROR and $WASMPOD_APT_OPTIONS
 # (the sources.list options, default the Debian keyring) point it at another archive; the
 # fallback test (e2e/testbed-test.sh) points it at fake ones.
 set -euo pipefail
@@ -74,8 +74,7 @@ apt_private() {
 # The versions of pkg that suite carries now, one a line (after an update of its lists).
 suite_versions() {
 	local pkg=$1 suite=$2 err
-	err=$(apt_private apt-get "$suite" update 2>&1 >/dev/null | grep -v unsandboxed) ||
-		true
+	err=$(apt_private apt-get "$suite" update 2>&1 >/dev/null | grep -v unsandboxed) || true
 	# apt-get update exits 0 on some failed fetches: its E:/W: lines say what went wrong.
 	if grep -q '^[EW]:' <<<"$err"; then log "apt update of Debian $suite: $err"; fi
 	apt_private apt-cache "$suite" madison "$pkg" | awk -F'|' -v p="$pkg" '
@@ -196,7 +195,8 @@ cmd_versions() {
 	done
 }
 
-# Whether Debian carries containerd beyond the lines under test (read-only, no download).
+# Whether Debian carries containerd beyond the lines under test (updates the private lists,
+# downloads no .deb).
 cmd_debian() {
 	local s v
 	for s in $(printf '%s\n' "${NEWER_SUITES[@]}" "${SUITE[@]}" | sort -u); do
