@@ -82,7 +82,10 @@ install: ## both shims into this node's containerd, without a node label (root)
 	./target/release/wasmpod-installer install --shim target/release/containerd-shim-wasmtime-v1 \
 		--isolated-shim target/release/containerd-shim-wasmtime-isolated-v1 --skip-label
 
-test: deps lint unit chart-test kind-check e2e installer-live cluster-test ## everything CI runs (root): lint, unit, chart, static kind checks, end-to-end, installer on live containerd, the local cluster
+testbed-test: ## the test bed's fallback when Debian drops a pinned containerd, on fake archives (seconds, no root)
+	bash e2e/testbed-test.sh
+
+test: deps testbed-test lint unit chart-test kind-check e2e installer-live cluster-test ## everything CI runs (root): lint, unit, chart, static kind checks, end-to-end, installer on live containerd, the local cluster
 
 demo: ## set up the test bed and run a Wasm pod through containerd's CRI (root)
 	bash e2e/demo.sh

@@ -21,4 +21,6 @@ WASMPOD_SHIM=$ROOT/target/release/containerd-shim-wasmtime-v1 \
 # shellcheck disable=SC1090
 source "$env_file"
 rm -f "$env_file"
+# The figures belong to this exact containerd: a pin Debian dropped is replaced by another.
+echo "bench: containerd $(bash e2e/testbed.sh versions "$V"), running $WASMPOD_CONTAINERD_SERVER"
 target/release/bench

@@ -17,4 +17,5 @@ bash e2e/testbed.sh start "$V" >"$env_file"
 # shellcheck disable=SC1090
 source "$env_file"
 rm -f "$env_file"
+echo "demo: containerd $(bash e2e/testbed.sh versions "$V"), running $WASMPOD_CONTAINERD_SERVER"
 target/debug/demo

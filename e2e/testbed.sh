@@ -4,7 +4,12 @@
 #
 #   e2e/testbed.sh install        packages, containerd and registry .debs (private apt config,
 #                                 unpacked under the test bed), Wasm targets
+#   e2e/testbed.sh fetch          only the containerd and registry .debs (no root needed)
+#   e2e/testbed.sh versions [V]   which containerd .deb each line (or V) has, pinned or not
+#   e2e/testbed.sh lines          the containerd lines under test (1.7 2.1)
+#   e2e/testbed.sh debian         which containerd versions Debian's suites carry today
 #   e2e/testbed.sh images         pause, busybox and Wasm workload images (OCI archives)
+#   e2e/testbed.sh config V       the containerd config `start V` writes, on stdout
 #   e2e/testbed.sh start 1.7|2.1  start that containerd with the wasmtime handler and a registry
 #                                 holding the registry images; prints env
 #   e2e/testbed.sh stop 1.7|2.1   stop both by PID and remove their mounts and state
@@ -15,6 +20,14 @@
 # Everything lives under $WASMPOD_TESTBED (default /var/tmp/wasmpod-testbed); the system's
 # containerd, apt sources and /etc are never touched. Needs root (mounts, containerd). The
 # registry listens on $WASMPOD_REGISTRY (default 127.0.0.1:5000), plain HTTP.
+#
+# Debian keeps only the current version of a package in a suite, so a pin disappears the day
+# the suite moves on. The pins stay the preferred versions: a cached pinned .deb wins over
+# anything in the archive; when a pin is gone, the suite's newest version of the same upstream
+# minor line is taken, else the suite's newest version, and `install` and `fetch` say so in a
+# "WARNING: test bed:" line (make test, e2e, demo and bench start with `install`). $WASMPOD_DEBIAN_MIRROR and $WASMPOD_APT_OPTIONS
+# (the sources.list options, default the Debian keyring) point it at another archive; the
+# fallback test (e2e/testbed-test.sh) points it at fake ones.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,13 +36,20 @@ IMAGES=${WASMPOD_IMAGES:-$ROOT/target/e2e-images}
 SHIM=${WASMPOD_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-v1}
 ISOLATED_SHIM=${WASMPOD_ISOLATED_SHIM:-$ROOT/target/debug/containerd-shim-wasmtime-isolated-v1}
 REGISTRY=${WASMPOD_REGISTRY:-127.0.0.1:5000}
+MIRROR=${WASMPOD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+APT_OPTIONS=${WASMPOD_APT_OPTIONS:-signed-by=/usr/share/keyrings/debian-archive-keyring.gpg}
 
-# containerd versions under test: suite, version, .deb version.
+# containerd lines under test, in the order e2e/run.sh runs them: suite and pinned .deb version.
+# A newer line (2.2, 2.3) joins when a reachable suite carries it (`$0 debian` says) and the
+# whole suite passes on it; its config is the 2.x one.
+LINES=(1.7 2.1)
 declare -A SUITE=([1.7]=trixie [2.1]=sid)
 declare -A DEB=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
 # Tools unpacked from .debs rather than installed: the registry package would start a
 # system service. package=suite:version.
 declare -A TOOLS=([docker-registry]="bookworm:2.8.2+ds1-1")
+# Suites a newer containerd would come from first.
+NEWER_SUITES=(sid experimental trixie-backports)
 PACKAGES=(runc curl containernetworking-plugins wrk protobuf-compiler busybox-static gcc libc6-dev python3 pkg-config libseccomp-dev shellcheck
 	# the local cluster (test-kind/cluster.sh): certificates, kube-proxy's iptables and conntrack
 	openssl iptables conntrack)
@@ -40,40 +60,100 @@ die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (containerd and its mounts need it)"; }
 
 check_version() {
-	case "${1:-}" in 1.7 | 2.1) ;; *) die "containerd version must be 1.7 or 2.1, got '${1:-}'" ;; esac
+	if [ -z "${1:-}" ] || [ -z "${SUITE[${1:-}]+x}" ]; then
+		die "containerd version must be one of ${LINES[*]}, got '${1:-}'"
+	fi
 }
 
 apt_private() {
-	# apt-get with its own sources, lists and cache, so the system's apt stays untouched.
-	local suite=$1
-	shift
+	# apt with its own sources, lists and cache, so the system's apt stays untouched.
+	local tool=$1 suite=$2
+	shift 2
 	local d=$TB/apt/$suite
 	mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$d/sources.list"
-	apt-get -q -o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+	echo "deb [$APT_OPTIONS] $MIRROR $suite main" >"$d/sources.list"
+	"$tool" -q -o Dir::Etc::SourceList="$d/sources.list" -o Dir::Etc::SourceParts=/dev/null \
 		-o Dir::State::Lists="$d/lists" -o Dir::Cache="$d/cache" "$@"
 }
 
-# Unpacks package=version from Debian's suite into dir (once; the .deb stays cached).
+# The versions of pkg that suite carries now, one a line (after an update of its lists).
+suite_versions() {
+	local pkg=$1 suite=$2 err
+	err=$(apt_private apt-get "$suite" update 2>&1 >/dev/null | grep -v unsandboxed) || true
+	# apt-get update exits 0 on some failed fetches: its E:/W: lines say what went wrong.
+	if grep -q '^[EW]:' <<<"$err"; then log "apt update of Debian $suite: $err"; fi
+	apt_private apt-cache "$suite" madison "$pkg" | awk -F'|' -v p="$pkg" '
+		{ gsub(/ /, "", $1); gsub(/ /, "", $2) } $1 == p && $3 ~ /Packages/ { print $2 }'
+}
+
+# "major.minor" of a Debian version's upstream part: 1:2.1.9+ds1-5 -> 2.1.
+upstream_minor() { sed -E 's/^[0-9]+://; s/^([0-9]+\.[0-9]+).*/\1/' <<<"$1"; }
+
+# The newest of the versions on stdin, by Debian's ordering (~ sorts before everything).
+newest() {
+	local best="" v
+	while read -r v; do
+		[ -n "$v" ] || continue
+		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best=$v; fi
+	done
+	[ -z "$best" ] || echo "$best"
+}
+
+cached_deb() {
+	local f
+	for f in "$TB/debs/${1}_${2/*:/}_"*.deb; do
+		if [ -f "$f" ]; then echo "$f" && return; fi
+	done
+	return 0
+}
+
+# Unpacks pkg into dir: the pinned version if it is cached or still in the suite, else the
+# fallback the header describes. Writes dir/.deb (pkg=version, what is unpacked) and, for a
+# fallback, dir/.why (the warning). Nothing is fetched when the pinned .deb is cached.
 fetch_deb() {
-	local pkg=$1 version=$2 suite=$3 dir=$4
+	local pkg=$1 pin=$2 suite=$3 dir=$4
+	local version=$pin why="" deb
+	deb=$(cached_deb "$pkg" "$pin")
+	if [ -z "$deb" ]; then
+		local versions
+		versions=$(suite_versions "$pkg" "$suite")
+		[ -n "$versions" ] || die "Debian $suite has no $pkg (pinned $pin); is $MIRROR reachable?"
+		if ! grep -qxF "$pin" <<<"$versions"; then
+			local minor same
+			minor=$(upstream_minor "$pin")
+			same=$(while read -r v; do
+				[ "$(upstream_minor "$v")" != "$minor" ] || echo "$v"
+			done <<<"$versions" | newest)
+			if [ -n "$same" ]; then
+				version=$same
+				why="took $same, Debian $suite's current $minor.x"
+			else
+				version=$(newest <<<"$versions")
+				why="took $version, Debian $suite's current version (it has no $minor.x any more)"
+			fi
+			why="$pkg is $version, not the pinned $pin: the pin is gone from Debian $suite; $why"
+		fi
+	fi
 	if [ "$(cat "$dir/.deb" 2>/dev/null)" = "$pkg=$version" ]; then
+		printf '%s' "$why" >"$dir/.why"
 		return
 	fi
-	local deb
-	deb=$(ls "$TB/debs/${pkg}_${version/*:/}_"*.deb 2>/dev/null | head -n1 || true)
+	deb=$(cached_deb "$pkg" "$version")
 	if [ -z "$deb" ]; then
 		log "fetching $pkg $version from Debian $suite"
-		apt_private "$suite" update >/dev/null
 		mkdir -p "$TB/debs"
-		(cd "$TB/debs" && apt_private "$suite" download "$pkg=$version" 2>&1 | grep -v unsandboxed || true)
-		deb=$(ls "$TB/debs/${pkg}_${version/*:/}_"*.deb 2>/dev/null | head -n1 || true)
+		(cd "$TB/debs" && { apt_private apt-get "$suite" download "$pkg=$version" 2>&1 | grep -v unsandboxed >&2 || true; })
+		deb=$(cached_deb "$pkg" "$version")
 		[ -n "$deb" ] || die "$pkg $version could not be downloaded from Debian $suite"
 	fi
 	rm -rf "$dir" && mkdir -p "$dir"
 	dpkg-deb -x "$deb" "$dir"
 	echo "$pkg=$version" >"$dir/.deb"
+	printf '%s' "$why" >"$dir/.why"
 }
+
+# What is unpacked for a directory fetch_deb filled: its version, or nothing.
+unpacked_version() { sed -n 's/^[^=]*=//p' "$1/.deb" 2>/dev/null || true; }
 
 fetch_containerd() {
 	fetch_deb containerd "${DEB[$1]}" "${SUITE[$1]}" "$TB/containerd-$1"
@@ -82,6 +162,52 @@ fetch_containerd() {
 fetch_tool() {
 	local spec=${TOOLS[$1]}
 	fetch_deb "$1" "${spec#*:}" "${spec%%:*}" "$TB/tools/$1"
+}
+
+cmd_fetch() {
+	local v t
+	for v in "${LINES[@]}"; do fetch_containerd "$v"; done
+	for t in "${!TOOLS[@]}"; do fetch_tool "$t"; done
+	warnings
+}
+
+# One loud line per pin the test bed could not honour; nothing when every pin holds.
+warnings() {
+	local v t why
+	for v in "${LINES[@]}"; do
+		why=$(cat "$TB/containerd-$v/.why" 2>/dev/null || true)
+		[ -z "$why" ] || printf 'WARNING: test bed: containerd %s line: %s\n' "$v" "$why" >&2
+	done
+	for t in "${!TOOLS[@]}"; do
+		why=$(cat "$TB/tools/$t/.why" 2>/dev/null || true)
+		[ -z "$why" ] || printf 'WARNING: test bed: %s\n' "$why" >&2
+	done
+}
+
+# "LINE = VERSION (pinned|NOT the pin X)" per containerd line: what a run tests.
+cmd_versions() {
+	local vs=("$@") v got
+	[ ${#vs[@]} -gt 0 ] || vs=("${LINES[@]}")
+	for v in "${vs[@]}"; do
+		check_version "$v"
+		got=$(unpacked_version "$TB/containerd-$v")
+		[ -n "$got" ] || die "containerd $v is not installed: run '$0 install'"
+		if [ "$got" = "${DEB[$v]}" ]; then
+			echo "$v = containerd $got (pinned)"
+		else
+			echo "$v = containerd $got (NOT the pinned ${DEB[$v]}, which Debian ${SUITE[$v]} no longer has)"
+		fi
+	done
+}
+
+# Whether Debian carries containerd beyond the lines under test (updates the private lists,
+# downloads no .deb).
+cmd_debian() {
+	local s v
+	for s in $(printf '%s\n' "${NEWER_SUITES[@]}" "${SUITE[@]}" | sort -u); do
+		v=$(suite_versions containerd "$s" | paste -sd' ')
+		echo "Debian $s: containerd ${v:-(none)}"
+	done
 }
 
 cmd_install() {
@@ -100,9 +226,7 @@ cmd_install() {
 	for t in wasm32-wasip1 wasm32-wasip2; do
 		grep -qx "$t" <<<"$targets" || rustup target add "$t"
 	done
-	fetch_containerd 1.7
-	fetch_containerd 2.1
-	fetch_tool docker-registry
+	cmd_fetch
 }
 
 cmd_images() {
@@ -171,11 +295,16 @@ registry_images() {
 
 run_dir() { echo "$TB/run/$1"; }
 
+# The config format follows the containerd that is unpacked, not the line's name: after a
+# fallback the 1.7 line may hold a 2.x.
 write_config() {
-	local v=$1 d
+	local v=$1 d major
 	d=$(run_dir "$v")
-	if [ "$v" = 1.7 ]; then
-		cat >"$d/config.toml" <<EOF
+	major=$(upstream_minor "$(unpacked_version "$TB/containerd-$v")")
+	major=${major%%.*}
+	[ -n "$major" ] || die "containerd $v is not installed: run '$0 install'"
+	if [ "$major" = 1 ]; then
+		cat <<EOF
 version = 2
 root = "$d/root"
 state = "$d/state"
@@ -209,7 +338,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
       runtime_type = "io.containerd.wasmtime-isolated.v1"
 EOF
 	else
-		cat >"$d/config.toml" <<EOF
+		cat <<EOF
 version = 3
 root = "$d/root"
 state = "$d/state"
@@ -296,7 +425,7 @@ cmd_start() {
 	rm -rf "$d" && mkdir -p "$d/bin" "$d/cni" "$d/certs.d" "$d/logs"
 	cp "$SHIM" "$d/bin/containerd-shim-wasmtime-v1"
 	cp "$ISOLATED_SHIM" "$d/bin/containerd-shim-wasmtime-isolated-v1"
-	write_config "$v"
+	write_config "$v" >"$d/config.toml"
 	write_cni "$v"
 	log "starting containerd $v ($d)"
 	# Shims inherit containerd's environment: this is where they keep compiled modules.
@@ -316,8 +445,14 @@ cmd_start() {
 		done
 	done
 	start_registry "$d"
+	local deb server
+	deb=$(unpacked_version "$TB/containerd-$v")
+	server=$(ctr_ "$v" version | awk '/^Server:/ {s=1} s && $1 == "Version:" {print $2; exit}')
+	log "containerd $v is the .deb $deb, running $server"
 	cat <<EOF
 export WASMPOD_CONTAINERD_VERSION=$v
+export WASMPOD_CONTAINERD_DEB=$deb
+export WASMPOD_CONTAINERD_SERVER=$server
 export WASMPOD_CONTAINERD_SOCKET=$d/containerd.sock
 export WASMPOD_CTR=$TB/containerd-$v/usr/bin/ctr
 export WASMPOD_RUN_DIR=$d
@@ -422,8 +557,13 @@ registry-start)
 	mkdir -p "$2" && start_registry "$2"
 	;;
 registry-stop) stop_registry "${2:?usage: $0 registry-stop DIR}" ;;
+fetch) cmd_fetch ;;
+versions) shift; cmd_versions "$@" ;;
+lines) echo "${LINES[*]}" ;;
+debian) cmd_debian ;;
+config) check_version "${2:-}"; write_config "$2" ;;
 images) cmd_images ;;
 start) cmd_start "${2:-}" ;;
 stop) cmd_stop "${2:-}" ;;
-*) sed -n '2,14p' "$0" >&2; exit 2 ;;
+*) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac
