@@ -13,6 +13,7 @@ use oci_spec::runtime::Spec;
 use tracing::instrument;
 use wasmpod_engine::{Engine, HttpConfig};
 use wasmpod_image::{Containerd, ImageError};
+use wasmpod_oci::SizeBound;
 
 use crate::cgroup;
 use crate::command::{self, Command, Kind};
@@ -54,9 +55,11 @@ impl Instance for Isolated {
             Some(Command {
                 kind: Kind::Native, ..
             }) => (Kind::Native, None),
-            Some(Command { name, path, .. }) => {
-                let bytes =
-                    std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
+            Some(Command {
+                name, file, size, ..
+            }) => {
+                let bytes = wasmpod_oci::read_bounded(file, size, &name, &module_bound(&spec))
+                    .map_err(|e| invalid(format!("module {name}: {e}")))?;
                 (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
             }
             None => {
@@ -182,11 +185,28 @@ async fn artifact_module(
     let image = containerd.image_name(id, annotated).await;
     let command = command::args(spec).first().cloned().unwrap_or_default();
     let missing = format!("the command {command} does not exist in the image");
-    match containerd.artifact_module(&image, &command, &missing).await {
+    match containerd
+        .artifact_module(&image, &command, &missing, &module_bound(spec))
+        .await
+    {
         Ok(layer) => Ok((layer.name, layer.bytes)),
         Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(format!("container {id}: {m}"))),
         Err(e) => Err(Error::Others(format!("container {id}: {e}"))),
     }
+}
+
+/// How large a module this container may have: the shim holds it (and its compiled code)
+/// on the container's behalf.
+fn module_bound(spec: &Spec) -> SizeBound {
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64);
+    SizeBound::for_module(limit)
 }
 
 /// Compiles the container's module here, where the compile cache is, so a module that does

@@ -40,6 +40,7 @@ use super::spec;
 use crate::engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Program};
 use crate::error::Error;
 use crate::image::{Containerd, ImageError};
+use wasmpod_oci::{LookupError, SizeBound};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -375,8 +376,11 @@ impl Service {
         spec: &oci_spec::runtime::Spec,
         rootfs: &Path,
     ) -> Result<(String, Vec<u8>)> {
-        let missing = match spec::module_path(spec, rootfs) {
-            Ok((name, path)) => match std::fs::read(&path) {
+        // The shim holds the module (and its compiled code) for the container, in the pod's
+        // cgroup: it may not be larger than the container may use.
+        let bound = SizeBound::for_module(spec::limits(spec).memory);
+        let missing = match spec::module_path(spec) {
+            Ok((name, path)) => match wasmpod_oci::read_regular(rootfs, &path, &bound) {
                 Ok(bytes) if crate::engine::wasm_kind(&bytes).is_some() => {
                     return Ok((name, bytes))
                 }
@@ -389,13 +393,14 @@ impl Service {
                         describe(&bytes)
                     )));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(LookupError::NotFound { .. }) => {
                     format!("{name} does not exist in the image")
                 }
                 Err(e) => {
+                    let image = self.image_name(id, spec).await;
                     return Err(Error::InvalidArgument(format!(
-                        "cannot read module {name} from the image: {e}"
-                    )))
+                        "image {image}: cannot use {name} as the module: {e}"
+                    )));
                 }
             },
             Err(e) => e.to_string(),
@@ -405,7 +410,7 @@ impl Service {
         match self
             .inner
             .containerd
-            .artifact_module(&image, &command, &missing)
+            .artifact_module(&image, &command, &missing, &bound)
             .await
         {
             Ok(layer) => Ok((layer.name, layer.bytes)),
