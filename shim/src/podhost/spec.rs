@@ -299,6 +299,16 @@ mod tests {
         assert!(e.contains("WASMPOD_HTTP_ADDRESS=localhost"), "{e}");
         let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "-1")])).unwrap_err();
         assert!(e.contains("not a positive duration"), "{e}");
+        // Too large for a deadline: an error, not a panic in the task service.
+        for v in ["1e20", "1e300ms", "86401", "inf", "0.0000000001ms"] {
+            let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, v)])).unwrap_err();
+            assert!(
+                e.contains("not a positive duration of at most a day"),
+                "{v}: {e}"
+            );
+        }
+        let c = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "86400")])).unwrap();
+        assert_eq!(c.request_timeout.as_secs(), 86400);
     }
 
     #[test]
