@@ -1,8 +1,9 @@
 //! containerd-shimkit's `Instance`: one container of the pod, a process of its own.
 
+use std::io::{PipeReader, Read as _};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -33,11 +34,11 @@ const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
 pub struct Isolated {
     id: String,
     namespace: String,
-    kind: Kind,
     container: Container,
     exit: WaitableCell<(u32, DateTime<Utc>)>,
-    /// A SIGKILL was sent, so a status of 137 is ours, not an OOM kill.
-    sigkill_sent: Arc<AtomicBool>,
+    /// Where a Wasm container's process says that the engine denied its memory (see
+    /// `oom::report`): its exit status alone cannot, a guest may exit 137 by itself.
+    oom_report: std::sync::Arc<PipeReader>,
 }
 
 impl Instance for Isolated {
@@ -69,20 +70,26 @@ impl Instance for Isolated {
         };
         log::info!("container {id}: {kind:?}");
         let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
+        let (reader, writer) = std::io::pipe()?;
+        nix::fcntl::fcntl(
+            &reader,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| Error::Others(format!("container {id}: the OOM report pipe: {e}")))?;
         let container = Container::build(Build {
             id: id.clone(),
             cfg: cfg.clone(),
             rootdir,
             kind,
             module,
+            oom_report: OwnedFd::from(writer).into(),
         })?;
         Ok(Isolated {
             id,
             namespace: cfg.namespace.clone(),
-            kind,
             container,
             exit: WaitableCell::new(),
-            sigkill_sent: Arc::default(),
+            oom_report: reader.into(),
         })
     }
 
@@ -105,8 +112,7 @@ impl Instance for Isolated {
         }
         let exit = self.exit.clone();
         let (id, namespace) = (self.id.clone(), self.namespace.clone());
-        let wasm = self.kind == Kind::Wasm;
-        let sigkill_sent = self.sigkill_sent.clone();
+        let oom_report = self.oom_report.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let mut status = None;
@@ -129,12 +135,9 @@ impl Instance for Isolated {
             let kernel_kills = oom_file
                 .as_deref()
                 .map_or(0, |f| cgroup::oom_kills(f).saturating_sub(kills_before));
-            if oom::was_oom_killed(
-                status,
-                wasm,
-                sigkill_sent.load(Ordering::Relaxed),
-                kernel_kills,
-            ) {
+            // The process wrote its report before it exited, so it is in the pipe by now.
+            let engine_denied = matches!((&*oom_report).read(&mut [0u8; 1]), Ok(1));
+            if oom::was_oom_killed(kernel_kills, engine_denied) {
                 log::info!("container {id}: OOM-killed");
                 oom::publish(&namespace, &id);
             }
@@ -146,9 +149,6 @@ impl Instance for Isolated {
 
     #[instrument(skip(self), fields(id = %self.id))]
     async fn kill(&self, signal: u32) -> Result<(), Error> {
-        if signal == libc::SIGKILL as u32 {
-            self.sigkill_sent.store(true, Ordering::Relaxed);
-        }
         self.container.kill(signal)?;
         Ok(())
     }
