@@ -291,6 +291,29 @@ registry_images() {
 		--annotation module.wasm.image/variant=compat
 	$py --out "$r/broken-artifact.tar" --name wasmpod/broken-artifact:1 --wasm-layer "$b/broken.wasm"
 	$py --out "$r/damaged-artifact.tar" --name wasmpod/damaged-artifact:1 --wasm-layer "$w/echo.wasm"
+	hostile_images
+}
+
+# Where the hostile image's links point on the node: e2e/tests/hostile.rs puts a module there
+# that a shim following the links out of the image would run.
+NODE_MODULE=/var/tmp/wasmpod-e2e-node/hello.wasm
+
+# Images that try to make the shim read the node's files, block it or exhaust its memory
+# (e2e/tests/hostile.rs): links out of the image (absolute, through a directory link to /,
+# climbing with ..), a link to /dev/zero, a device node, a FIFO, a link loop, a module and an
+# artifact layer larger than the container's memory limit.
+hostile_images() {
+	local b=$IMAGES/build r=$IMAGES/registry py="python3 $ROOT/e2e/images/ociimage.py"
+	local w=$ROOT/target/wasm32-wasip1/release
+	{ printf '\0asm\1\0\0\0'; head -c $((40 << 20)) /dev/zero; } >"$b/huge.wasm"
+	{ printf '\0asm\1\0\0\0'; head -c $((24 << 20)) /dev/zero; } >"$b/huge-layer.wasm"
+	$py --out "$r/hostile.tar" --name wasmpod/hostile:1 --file "$w/hello.wasm:/hello.wasm" \
+		--symlink "/node.wasm:$NODE_MODULE" --symlink "/up.wasm:../../../../../..$NODE_MODULE" \
+		--symlink /h:/ --symlink /hostname:/etc/hostname --symlink /shim:/proc/self/exe \
+		--symlink /zero.wasm:/dev/zero --chardev /device.wasm:1:5 --fifo /fifo.wasm \
+		--symlink /loop.wasm:/loop.wasm --file "$b/huge.wasm:/huge.wasm" \
+		--entrypoint /hello.wasm --annotation module.wasm.image/variant=compat
+	$py --out "$r/huge-artifact.tar" --name wasmpod/huge-artifact:1 --wasm-layer "$b/huge-layer.wasm"
 }
 
 run_dir() { echo "$TB/run/$1"; }

@@ -9,10 +9,12 @@ local registry (push.py, which pushes what the layout's index.json points at).
     ociimage.py --out x.tar --name wasmpod.test/app:1 \
         --file build/hello.wasm:/hello.wasm --entrypoint /hello.wasm \
         [--cmd ARG ...] [--platform linux/amd64|wasi/wasm] [--annotation k=v] [--image-index]
+        [--symlink DEST:TARGET] [--fifo DEST] [--chardev DEST:MAJOR:MINOR]
 
     ociimage.py --out x.tar --name wasmpod.test/hello-artifact:1 \
         --wasm-layer build/hello.wasm[:MEDIA_TYPE] ...
 
+--symlink, --fifo and --chardev put those entries in the layer, as hostile images carry them.
 An image's manifest carries --annotation on itself; its config carries them as labels.
 --image-index wraps the manifest in an image index naming its platform, as multi-platform
 builds (`docker buildx --platform wasi/wasm`) publish them.
@@ -42,11 +44,14 @@ def blob(out, data, media_type, extra=None):
     return d
 
 
-def layer(files):
+def layer(files, specials=()):
+    """A layer tar of regular files (SRC, DEST) and special entries (TYPE, DEST, ARG):
+    ("symlink", "/h", "/"), ("fifo", "/f.wasm", None), ("chardev", "/zero", (1, 5))."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
         dirs = set()
-        for src, dst in files:
+
+        def parents(dst):
             parts = dst.strip("/").split("/")[:-1]
             for i in range(len(parts)):
                 d = "/".join(parts[: i + 1])
@@ -56,12 +61,30 @@ def layer(files):
                     info.type = tarfile.DIRTYPE
                     info.mode = 0o755
                     t.addfile(info)
+
+        for src, dst in files:
+            parents(dst)
             data = open(src, "rb").read()
             info = tarfile.TarInfo(dst.strip("/"))
             info.size = len(data)
             info.mode = 0o755 if os.access(src, os.X_OK) else 0o644
             info.mtime = 0
             t.addfile(info, io.BytesIO(data))
+        for kind, dst, arg in specials:
+            parents(dst)
+            info = tarfile.TarInfo(dst.strip("/"))
+            info.mtime = 0
+            info.mode = 0o644
+            if kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = arg
+                info.mode = 0o777
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+            elif kind == "chardev":
+                info.type = tarfile.CHRTYPE
+                info.devmajor, info.devminor = arg
+            t.addfile(info)
     diff = raw.getvalue()
     return diff, gzip.compress(diff, mtime=0)
 
@@ -120,7 +143,12 @@ def artifact(a):
 
 def image(a):
     files = [tuple(f.split(":", 1)) for f in a.file]
-    diff, gz = layer(files)
+    specials = [("symlink", *s.split(":", 1)) for s in a.symlink]
+    specials += [("fifo", f, None) for f in a.fifo]
+    for c in a.chardev:
+        dst, major, minor = c.rsplit(":", 2)
+        specials.append(("chardev", dst, (int(major), int(minor))))
+    diff, gz = layer(files, specials)
     os_, arch = a.platform.split("/", 1)
     annotations = dict(kv.split("=", 1) for kv in a.annotation)
     config = {
@@ -157,6 +185,9 @@ def main():
     p.add_argument("--entrypoint", action="append", default=[])
     p.add_argument("--cmd", action="append", default=[])
     p.add_argument("--env", action="append", default=[])
+    p.add_argument("--symlink", action="append", default=[], help="DEST:TARGET")
+    p.add_argument("--fifo", action="append", default=[], help="DEST")
+    p.add_argument("--chardev", action="append", default=[], help="DEST:MAJOR:MINOR")
     p.add_argument("--platform", default="linux/amd64")
     p.add_argument("--annotation", action="append", default=[], help="K=V")
     p.add_argument("--image-index", action="store_true")

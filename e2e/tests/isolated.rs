@@ -168,6 +168,51 @@ async fn stop_ends_a_sleeping_guest_with_sigterm() {
     assert_gone(&pod, &[&id]).await;
 }
 
+/// 137 is what an OOM kill gives, but a Wasm container ends with it in other ways too: a
+/// SIGKILL from someone else on the node is no OOM kill. (`proc_exit(137)` cannot give it:
+/// wasmtime refuses exit statuses of 126 and above, a trap, 134.)
+#[tokio::test]
+async fn a_wasm_container_ending_with_137_is_not_oom_killed() {
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "exit137", ISOLATED).await.unwrap();
+    let limited = |mut c: ContainerSpec| {
+        c.resources = Some(Resources {
+            memory_bytes: 64 << 20,
+            ..Default::default()
+        });
+        c
+    };
+    let exits = cri
+        .run(
+            &pod,
+            limited(ContainerSpec::wasm("exits", "exit.wasm", &["137"])),
+        )
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&exits, WAIT).await.unwrap();
+    assert_ne!(st.reason, "OOMKilled", "{st:?} {}", pod.log_text("exits"));
+    let killed = cri
+        .run(
+            &pod,
+            limited(ContainerSpec::wasm("killed", "sleep.wasm", &["3600"])),
+        )
+        .await
+        .unwrap();
+    pod.wait_log("killed", "sleeping", WAIT).await.unwrap();
+    for pid in processes_in_cgroups_mentioning(&killed) {
+        let out = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kill {pid}: {out:?}");
+    }
+    let st = cri.wait_exited(&killed, WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_ne!(st.reason, "OOMKilled", "{st:?}");
+    cri.remove_pod(&pod).await.unwrap();
+    assert_gone(&pod, &[&exits, &killed]).await;
+}
+
 #[tokio::test]
 async fn memory_hog_is_oom_killed() {
     let (bed, mut cri) = connect().await;

@@ -45,6 +45,9 @@ pub struct HttpConfig {
 pub const HTTP_ADDRESS: &str = "WASMPOD_HTTP_ADDRESS";
 /// The environment variable that bounds one HTTP request: seconds, or `500ms` / `30s`.
 pub const HTTP_REQUEST_TIMEOUT: &str = "WASMPOD_HTTP_REQUEST_TIMEOUT";
+/// The longest request timeout: longer than any request should take, and far from the end of
+/// what a deadline (`Instant` plus the timeout) can hold.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl HttpConfig {
     /// How an HTTP handler serves, from the container's environment (defaults: `0.0.0.0:8080`,
@@ -75,10 +78,12 @@ impl HttpConfig {
                 .parse::<f64>()
                 .ok()
                 .filter(|n| n.is_finite() && *n > 0.0)
-                .map(|n| std::time::Duration::from_secs_f64(n * scale))
+                .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
+                .filter(|d| !d.is_zero() && *d <= MAX_REQUEST_TIMEOUT)
                 .ok_or_else(|| {
                     format!(
-                        "{HTTP_REQUEST_TIMEOUT}={v}: not a positive duration (like 30, 30s or 500ms)"
+                        "{HTTP_REQUEST_TIMEOUT}={v}: not a positive duration of at most a day \
+                         (like 30, 30s or 500ms)"
                     )
                 })?;
         }

@@ -46,6 +46,8 @@ pub enum EngineError {
     Precompiled,
     #[error("invalid WebAssembly: {0}")]
     Compile(String),
+    #[error("compile cache: {0}")]
+    Cache(#[from] cache::CacheError),
     #[error("cannot open preopened directory {path}: {reason}")]
     Preopen { path: PathBuf, reason: String },
 }
@@ -166,10 +168,11 @@ impl Engine {
     /// The engine with its compile cache in `dir`.
     pub fn with_cache_dir(dir: &std::path::Path) -> Result<Self, EngineError> {
         let mut e = Engine::uncached()?;
-        e.cache = Some(
-            cache::Cache::open(dir, &e.engine, cache::DEFAULT_MAX_BYTES)
-                .map_err(|err| EngineError::Config(format!("cache {}: {err}", dir.display())))?,
-        );
+        e.cache = Some(cache::Cache::open(
+            dir,
+            &e.engine,
+            cache::DEFAULT_MAX_BYTES,
+        )?);
         Ok(e)
     }
 
@@ -278,8 +281,9 @@ impl Engine {
         match &self.cache {
             None => compile().map(|(p, _)| (p, Outcome::Compiled)),
             Some(cache) => cache.get(bytes, compile, |artifact| {
-                // SAFETY: the artifact was written by this shim into its own cache and passed
-                // its checksum; wasmtime itself checks it matches this engine's settings.
+                // SAFETY: the artifact was written by a shim of this node into a directory only
+                // root can write, and its HMAC under the node's secret key checked; wasmtime
+                // itself checks it matches this engine's settings.
                 let compiled = unsafe {
                     match kind {
                         WasmKind::Module => {

@@ -170,9 +170,14 @@ fn tempdir() -> PathBuf {
     d
 }
 
+/// A directory the cache accepts: created by the cache itself (0700) in a fresh parent.
+fn cache_dir() -> PathBuf {
+    tempdir().join("cache")
+}
+
 #[test]
 fn second_compile_comes_from_the_cache() {
-    let dir = tempdir();
+    let dir = cache_dir();
     let e = Engine::with_cache_dir(&dir).unwrap();
     let bytes = wat(EXIT_7);
     let (_, first) = e.compile_cached(&bytes).unwrap();
@@ -205,20 +210,20 @@ fn cache_entries(dir: &std::path::Path) -> Vec<PathBuf> {
 #[test]
 fn corrupt_or_foreign_entries_are_recompiled_not_loaded() {
     use sha2::Digest;
-    let dir = tempdir();
+    let dir = cache_dir();
     let e = Engine::with_cache_dir(&dir).unwrap();
     let bytes = wat(EXIT_7);
     e.compile_cached(&bytes).unwrap();
     let entry = cache_entries(&dir).pop().expect("one entry");
 
-    // Flipped bits in the artifact: the checksum catches it.
+    // Flipped bits in the artifact: its authentication catches it.
     let mut data = std::fs::read(&entry).unwrap();
     let last = data.len() - 1;
     data[last] ^= 0xff;
     std::fs::write(&entry, &data).unwrap();
     assert_eq!(e.compile_cached(&bytes).unwrap().1, Outcome::Compiled);
 
-    // A well-formed entry whose artifact is not wasmtime's: deserialize refuses it.
+    // An entry in the old format (a plain checksum anyone could compute) is not loaded.
     let junk = b"not a compiled module at all".to_vec();
     let mut forged = b"WASMPOD1".to_vec();
     forged.extend_from_slice(&sha2::Sha256::digest(&junk));
@@ -236,7 +241,7 @@ fn corrupt_or_foreign_entries_are_recompiled_not_loaded() {
 
 #[test]
 fn concurrent_starts_compile_once() {
-    let dir = tempdir();
+    let dir = cache_dir();
     let bytes = wat(HELLO);
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
@@ -265,7 +270,7 @@ fn run_program(e: &Engine, program: &Program) -> Exit {
 
 #[test]
 fn precompiled_artifacts_run_in_another_engine() {
-    let dir = tempdir();
+    let dir = cache_dir();
     let shim = Engine::with_cache_dir(&dir).unwrap();
     let (first, outcome) = shim.precompile(&wat(EXIT_7)).unwrap();
     assert_eq!(outcome, Outcome::Compiled);

@@ -2,6 +2,7 @@
 //! Pure functions over parsed manifests, so the rules are unit-tested without containerd.
 
 use oci_spec::image::{Descriptor, ImageManifest};
+use wasmpod_oci::SizeBound;
 
 /// The config media type that marks a manifest as a Wasm artifact.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
@@ -78,6 +79,20 @@ pub fn choose<'m>(manifest: &'m ImageManifest, command: &str) -> Result<&'m Desc
     }
 }
 
+/// [`choose`], refusing a layer whose manifest size is above `bound` before anything is read
+/// or allocated for it: the size is the image's word, and the shim would hold it all.
+pub fn choose_within<'m>(
+    manifest: &'m ImageManifest,
+    command: &str,
+    bound: &SizeBound,
+) -> Result<&'m Descriptor, String> {
+    let layer = choose(manifest, command)?;
+    bound
+        .check(&format!("layer {}", layer_name(layer)), layer.size())
+        .map_err(|e| e.to_string())?;
+    Ok(layer)
+}
+
 fn list(layers: &[&Descriptor]) -> String {
     layers
         .iter()
@@ -94,13 +109,17 @@ mod tests {
     use super::*;
 
     fn manifest(config: &str, layers: &[(&str, &str, Option<&str>)]) -> ImageManifest {
+        sized(config, layers, 10)
+    }
+
+    fn sized(config: &str, layers: &[(&str, &str, Option<&str>)], size: u64) -> ImageManifest {
         let layers: Vec<serde_json::Value> = layers
             .iter()
             .map(|(mt, hex, t)| {
                 let mut l = serde_json::json!({
                     "mediaType": mt,
                     "digest": format!("sha256:{}", hex.repeat(64 / hex.len())),
-                    "size": 10,
+                    "size": size,
                 });
                 if let Some(t) = t {
                     l["annotations"] = serde_json::json!({ TITLE: t });
@@ -184,5 +203,22 @@ mod tests {
             e.contains("no Wasm layer") && e.contains("text/plain"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_layer_larger_than_the_bound_is_refused_by_its_manifest_size() {
+        let layers = [("application/wasm", "a", Some("huge.wasm"))];
+        let bound = SizeBound {
+            bytes: 256 << 20,
+            reason: "a module may have",
+        };
+        let m = sized(WASM_CONFIG, &layers, 10 << 30);
+        let e = choose_within(&m, "huge.wasm", &bound).unwrap_err();
+        assert_eq!(
+            e,
+            "layer huge.wasm is 10737418240 bytes, more than the 268435456 bytes a module may have"
+        );
+        let m = sized(WASM_CONFIG, &layers, 256 << 20);
+        assert!(choose_within(&m, "huge.wasm", &bound).is_ok());
     }
 }

@@ -16,6 +16,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::Request;
+use wasmpod_oci::SizeBound;
 
 /// How long one lookup in containerd may take before the container fails to start, rather
 /// than hanging its StartContainer.
@@ -118,14 +119,16 @@ impl Containerd {
 
     /// The module of a container whose `command` names no file in `image` (`missing` says
     /// how): the image may be a Wasm artifact. Anything else is `Invalid` (the image has no
-    /// module) or `Unanswered` (containerd could not tell).
+    /// module) or `Unanswered` (containerd could not tell). A layer larger than `bound` is
+    /// refused before it is read.
     pub async fn artifact_module(
         &self,
         image: &str,
         command: &str,
         missing: &str,
+        bound: &SizeBound,
     ) -> Result<Layer, ImageError> {
-        match self.artifact_layer(image, command).await {
+        match self.artifact_layer(image, command, bound).await {
             Ok(Some(layer)) => Ok(layer),
             Ok(None) => Err(ImageError::Invalid(format!(
                 "image {image} has no Wasm module: {missing}"
@@ -148,14 +151,17 @@ impl Containerd {
         &self,
         image: &str,
         command: &str,
+        bound: &SizeBound,
     ) -> Result<Option<Layer>, ImageError> {
-        self.timed(self.artifact_layer_inner(image, command)).await
+        self.timed(self.artifact_layer_inner(image, command, bound))
+            .await
     }
 
     async fn artifact_layer_inner(
         &self,
         image: &str,
         command: &str,
+        bound: &SizeBound,
     ) -> Result<Option<Layer>, ImageError> {
         let channel = self.channel().await?;
         let target = ImagesClient::new(channel.clone())
@@ -172,7 +178,9 @@ impl Containerd {
         let mut digest = target.digest;
         let mut media_type = target.media_type;
         if is_index(&media_type) {
-            let bytes = self.read(&mut content, &digest, MAX_MANIFEST).await?;
+            let bytes = self
+                .read(&mut content, &digest, MAX_MANIFEST, 0, &mut |_| {})
+                .await?;
             let index = ImageIndex::from_reader(bytes.as_slice())
                 .map_err(|e| ImageError::Invalid(format!("image {image}: bad index: {e}")))?;
             let chosen = choose_manifest(&index).ok_or_else(|| {
@@ -188,13 +196,15 @@ impl Containerd {
                 "image {image}: nested indexes are not supported"
             )));
         }
-        let bytes = self.read(&mut content, &digest, MAX_MANIFEST).await?;
+        let bytes = self
+            .read(&mut content, &digest, MAX_MANIFEST, 0, &mut |_| {})
+            .await?;
         let manifest = ImageManifest::from_reader(bytes.as_slice())
             .map_err(|e| ImageError::Invalid(format!("image {image}: bad manifest: {e}")))?;
         if !artifact::is_artifact(&manifest) {
             return Ok(None);
         }
-        let layer = artifact::choose(&manifest, command)
+        let layer = artifact::choose_within(&manifest, command, bound)
             .map_err(|e| ImageError::Invalid(format!("image {image}: {e}")))?;
         let bytes = self.read_verified(&mut content, layer).await?;
         Ok(Some(Layer {
@@ -212,11 +222,17 @@ impl Containerd {
             .unwrap_or_else(|_| Err(self.error(format!("no answer within {TIMEOUT:?}"))))
     }
 
+    /// Reads a blob of at most `max` bytes (refused as soon as it has more), handing every
+    /// chunk to `observe` as it arrives. `expected` is the size the manifest gives, already
+    /// bounded: the bytes go into one allocation of that size, copied once out of the gRPC
+    /// messages.
     async fn read(
         &self,
         content: &mut ContentClient<Channel>,
         digest: &str,
         max: u64,
+        expected: u64,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<Vec<u8>, ImageError> {
         let mut stream = content
             .read(self.request(ReadContentRequest {
@@ -227,18 +243,19 @@ impl Containerd {
             .await
             .map_err(|s| self.error(format!("reading {digest}: {}", s.message())))?
             .into_inner();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(expected.min(max) as usize);
         while let Some(chunk) = stream
             .message()
             .await
             .map_err(|s| self.error(format!("reading {digest}: {}", s.message())))?
         {
-            out.extend_from_slice(&chunk.data);
-            if out.len() as u64 > max {
+            if (out.len() + chunk.data.len()) as u64 > max {
                 return Err(ImageError::Invalid(format!(
                     "{digest} is larger than {max} bytes"
                 )));
             }
+            observe(&chunk.data);
+            out.extend_from_slice(&chunk.data);
         }
         Ok(out)
     }
@@ -252,8 +269,13 @@ impl Containerd {
         layer: &Descriptor,
     ) -> Result<Vec<u8>, ImageError> {
         let digest = layer.digest().to_string();
-        let bytes = self.read(content, &digest, layer.size()).await?;
-        verify(&digest, layer.size(), &bytes).map_err(|e| {
+        let mut hash = Sha256::new();
+        let bytes = self
+            .read(content, &digest, layer.size(), layer.size(), &mut |c| {
+                hash.update(c)
+            })
+            .await?;
+        verify_hashed(&digest, layer.size(), bytes.len() as u64, hash).map_err(|e| {
             ImageError::Invalid(format!("layer {}: {e}", artifact::layer_name(layer)))
         })?;
         Ok(bytes)
@@ -267,19 +289,25 @@ fn is_index(media_type: &str) -> bool {
 
 /// Checks bytes against a descriptor's digest and size.
 pub fn verify(digest: &str, size: u64, bytes: &[u8]) -> Result<(), String> {
+    let mut hash = Sha256::new();
+    hash.update(bytes);
+    verify_hashed(digest, size, bytes.len() as u64, hash)
+}
+
+/// `verify` for bytes hashed as they were read (`len` of them).
+fn verify_hashed(digest: &str, size: u64, len: u64, hash: Sha256) -> Result<(), String> {
     let Some(hex) = digest.strip_prefix("sha256:") else {
         return Err(format!(
             "unsupported digest algorithm in {digest} (only sha256)"
         ));
     };
-    if bytes.len() as u64 != size {
+    if len != size {
         return Err(format!(
-            "the content store holds {} bytes, the manifest says {size}; the image is damaged, \
-             remove and pull it again",
-            bytes.len()
+            "the content store holds {len} bytes, the manifest says {size}; the image is \
+             damaged, remove and pull it again"
         ));
     }
-    let actual = format!("{:x}", Sha256::digest(bytes));
+    let actual = format!("{:x}", hash.finalize());
     if actual != hex {
         return Err(format!(
             "content does not match its digest {digest} (it hashes to sha256:{actual}); the \

@@ -3,11 +3,12 @@
 //! CreateContainer with a message, and the container process only follows the decision.
 
 use std::fs::File;
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
+use wasmpod_oci::LookupError;
 
 /// How the container's process runs its command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,8 +21,6 @@ pub enum Kind {
 
 /// The PATH a container gets when its environment has none, as runc's.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Symbolic links followed before giving up, as the kernel's limit.
-const MAX_LINKS: usize = 40;
 
 pub fn args(spec: &Spec) -> &[String] {
     spec.process()
@@ -52,12 +51,14 @@ pub fn cwd(spec: &Spec) -> PathBuf {
 }
 
 /// The file a container's command names and what it is.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Command {
     /// The command as the spec gives it, for messages.
     pub name: String,
-    /// Its file inside the root it was looked for in.
-    pub path: PathBuf,
+    /// Its file inside the root it was looked for in, open (see `wasmpod_oci::open_regular`).
+    pub file: File,
+    /// The file's size.
+    pub size: u64,
     pub kind: Kind,
 }
 
@@ -69,10 +70,10 @@ pub struct Command {
 /// command names no file in `root` (a Wasm OCI artifact has none: its module is a layer in
 /// containerd's content store).
 pub fn classify(spec: &Spec, root: &Path) -> Result<Option<Command>, String> {
-    let Some((name, path, on_path)) = find(spec, root)? else {
+    let Some((name, mut file, size, on_path)) = find(spec, root)? else {
         return Ok(None);
     };
-    let kind = match sniff(&path) {
+    let kind = match sniff(&mut file) {
         Ok(Some(kind)) => kind,
         Ok(None) => {
             return Err(format!(
@@ -88,13 +89,19 @@ pub fn classify(spec: &Spec, root: &Path) -> Result<Option<Command>, String> {
              PATH; name it with a path (./{name})"
         ));
     }
-    Ok(Some(Command { name, path, kind }))
+    Ok(Some(Command {
+        name,
+        file,
+        size,
+        kind,
+    }))
 }
 
-/// The kind a file's first bytes say, if any.
-fn sniff(path: &Path) -> std::io::Result<Option<Kind>> {
+/// The kind a file's first bytes say, if any; the file is left at its start.
+fn sniff(file: &mut File) -> std::io::Result<Option<Kind>> {
     let mut head = [0u8; 4];
-    let n = File::open(path)?.read(&mut head)?;
+    let n = file.read(&mut head)?;
+    file.seek(SeekFrom::Start(0))?;
     Ok(match &head[..n] {
         b"\0asm" => Some(Kind::Wasm),
         [0x7f, b'E', b'L', b'F'] | [b'#', b'!', ..] => Some(Kind::Native),
@@ -102,9 +109,9 @@ fn sniff(path: &Path) -> std::io::Result<Option<Kind>> {
     })
 }
 
-/// (the command, its file, whether it was found as `execvp` finds it), `None` if it names no
-/// file.
-fn find(spec: &Spec, root: &Path) -> Result<Option<(String, PathBuf, bool)>, String> {
+/// (the command, its open file and size, whether it was found as `execvp` finds it), `None`
+/// if it names no file.
+fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, String> {
     let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
         return Err(
             "the container has no command (set command or args, or an image \
@@ -113,70 +120,33 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, PathBuf, bool)>, Str
         );
     };
     let file = command.as_str();
-    let candidates: Vec<PathBuf> = if file.contains('/') {
-        vec![cwd(spec).join(file)]
-    } else {
-        let env = env(spec);
-        let path = env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        path.split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| Path::new("/").join(d).join(file))
-            .chain([cwd(spec).join(file)])
-            .collect()
-    };
-    let last = candidates.len() - 1;
-    Ok(candidates
-        .iter()
-        .enumerate()
-        .find_map(|(i, c)| within(root, c).filter(|p| p.is_file()).map(|p| (i, p)))
-        .map(|(i, p)| (file.to_string(), p, file.contains('/') || i < last)))
-}
-
-/// `path` (absolute, as the container sees it) as a path under `root`, with every symbolic
-/// link resolved inside `root`: an image's `/bin/sh -> /bin/busybox` must not lead to the
-/// node's own files.
-fn within(root: &Path, path: &Path) -> Option<PathBuf> {
-    let mut resolved = PathBuf::from("/");
-    let mut pending: Vec<PathBuf> = path
-        .components()
-        .rev()
-        .map(|c| PathBuf::from(c.as_os_str()))
-        .collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        match part.components().next()? {
-            Component::RootDir => resolved = PathBuf::from("/"),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                resolved.pop();
-            }
-            Component::Normal(name) => {
-                let candidate = resolved.join(name);
-                let on_host = root.join(candidate.strip_prefix("/").ok()?);
-                match std::fs::read_link(&on_host) {
-                    Ok(target) => {
-                        links += 1;
-                        if links > MAX_LINKS {
-                            return None;
-                        }
-                        pending.extend(
-                            target
-                                .components()
-                                .rev()
-                                .map(|c| PathBuf::from(c.as_os_str())),
-                        );
-                    }
-                    Err(_) => resolved = candidate,
-                }
-            }
-            Component::Prefix(_) => return None,
-        }
+    if file.contains('/') {
+        // Named by a path: anything there but a regular file (a FIFO, a device, a
+        // directory, a link loop) is an error rather than "no such command".
+        return match wasmpod_oci::open_regular(root, &cwd(spec).join(file)) {
+            Ok((f, size)) => Ok(Some((file.to_string(), f, size, true))),
+            Err(LookupError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(format!("the command {file}: {e}")),
+        };
     }
-    Some(root.join(resolved.strip_prefix("/").ok()?))
+    let env = env(spec);
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let candidates: Vec<PathBuf> = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new("/").join(d).join(file))
+        .chain([cwd(spec).join(file)])
+        .collect();
+    let last = candidates.len() - 1;
+    // As execvp, a PATH entry that holds no regular file of that name is passed over.
+    Ok(candidates.iter().enumerate().find_map(|(i, c)| {
+        let (f, size) = wasmpod_oci::open_regular(root, c).ok()?;
+        Some((file.to_string(), f, size, i < last))
+    }))
 }
 
 #[cfg(test)]
@@ -255,22 +225,34 @@ mod tests {
             "{e}"
         );
         // No such file: the shim then asks containerd whether the image is a Wasm artifact.
-        assert_eq!(classify(&spec(&["missing"], &[path], "/"), r), Ok(None));
+        assert!(classify(&spec(&["missing"], &[path], "/"), r)
+            .unwrap()
+            .is_none());
         let e = classify(&spec(&[], &[], "/"), r).unwrap_err();
         assert!(e.contains("no command"), "{e}");
     }
 
     #[test]
-    fn links_stay_inside_the_image() {
+    fn commands_are_looked_up_inside_the_image() {
         let root = image();
         let r = root.path();
-        assert_eq!(within(r, Path::new("/bin/sh")), Some(r.join("bin/busybox")));
-        // ../ above the image's root stays at its root, as in the container.
-        assert_eq!(
-            within(r, Path::new("/app/escape")),
-            Some(r.join("etc/passwd"))
-        );
+        // The link leads to the image's busybox.
+        assert_eq!(kind(&spec(&["/bin/sh"], &[], "/"), r), Ok(Kind::Native));
+        // ../ above the image's root stays at its root: the image has no /etc/passwd.
+        assert!(classify(&spec(&["/app/escape"], &[], "/"), r)
+            .unwrap()
+            .is_none());
+        symlink("/dev/zero", r.join("app/zero")).unwrap();
+        assert!(classify(&spec(&["/app/zero"], &[], "/"), r)
+            .unwrap()
+            .is_none());
         symlink("loop", r.join("app/loop")).unwrap();
-        assert_eq!(within(r, Path::new("/app/loop")), None);
+        let e = classify(&spec(&["/app/loop"], &[], "/"), r).unwrap_err();
+        assert!(e.contains("levels of symbolic links"), "{e}");
+        let e = classify(&spec(&["/app"], &[], "/"), r).unwrap_err();
+        assert!(
+            e.contains("is not a regular file (it is a directory)"),
+            "{e}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! a single-threaded helper forked when the shim started.
 
 use std::cell::RefCell;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use libcontainer::container::Container as Youki;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
-use zygote::{WireError, Zygote};
+use zygote::{WireError, WireFd, Zygote};
 
 use crate::command::Kind;
 use crate::executor::Executor;
@@ -33,6 +34,8 @@ pub struct Build {
     /// The compiled module of a Wasm container.
     #[serde(with = "serde_bytes_opt")]
     pub module: Option<Vec<u8>>,
+    /// Where the container's process reports an OOM denial to the shim (`oom::report`).
+    pub oom_report: WireFd<OwnedFd>,
 }
 
 /// Module artifacts as MessagePack binary, not as an array of numbers.
@@ -122,6 +125,7 @@ fn create(b: Build) -> Result<(), WireError> {
         .with_executor(Executor {
             kind: b.kind,
             module: b.module.map(Arc::new),
+            oom_report: Arc::new(b.oom_report.into_inner()),
         })
         .with_root_path(b.rootdir)?;
     if let Ok(f) = b.cfg.open_stdin() {

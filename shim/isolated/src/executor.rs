@@ -2,6 +2,7 @@
 //! or the native command exactly as runc would (with the spec's environment).
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use libcontainer::workload::default::DefaultExecutor;
@@ -18,13 +19,17 @@ pub struct Executor {
     pub kind: Kind,
     /// A Wasm container's module, compiled by the shim.
     pub module: Option<Arc<Vec<u8>>>,
+    /// The shim's pipe for OOM reports; close-on-exec, so a native command never has it.
+    pub oom_report: Arc<OwnedFd>,
 }
 
 impl Workload for Executor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         match self.kind {
             Kind::Native => DefaultExecutor {}.exec(spec),
-            Kind::Wasm => std::process::exit(guest::run(spec, self.module.as_deref())),
+            Kind::Wasm => {
+                std::process::exit(guest::run(spec, self.module.as_deref(), &self.oom_report))
+            }
         }
     }
 

@@ -20,7 +20,7 @@ const CANNOT_RUN: i32 = 126;
 
 /// Runs the guest (the spec's command, compiled by the shim into `module`) to its end and
 /// returns the process's exit status.
-pub fn run(spec: &Spec, module: Option<&Vec<u8>>) -> i32 {
+pub fn run(spec: &Spec, module: Option<&Vec<u8>>, oom_report: &OwnedFd) -> i32 {
     let mut stderr = dup_stdio(2);
     match prepare(spec, module) {
         Ok((engine, program, ctx, http)) => {
@@ -31,7 +31,7 @@ pub fn run(spec: &Spec, module: Option<&Vec<u8>>) -> i32 {
                 Ok(r) => r,
                 Err(e) => return fail(&mut stderr, &format!("cannot start the runtime: {e}")),
             };
-            runtime.block_on(supervise(engine, program, ctx, http))
+            runtime.block_on(supervise(engine, program, ctx, http, oom_report))
         }
         Err(message) => fail(&mut stderr, &message),
     }
@@ -84,6 +84,7 @@ async fn supervise(
     program: Program,
     ctx: GuestContext,
     http: HttpConfig,
+    oom_report: &OwnedFd,
 ) -> i32 {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -122,8 +123,11 @@ async fn supervise(
         },
     };
     match exit {
-        // The shim reports this status from a Wasm container as an OOM kill.
-        Exit::OutOfMemory => crate::oom::WASM_OOM_STATUS,
+        // Reported before the process ends, so the shim finds it once it sees the exit.
+        Exit::OutOfMemory => {
+            crate::oom::report(oom_report);
+            crate::oom::WASM_OOM_STATUS
+        }
         exit => exit.status(),
     }
 }

@@ -1,8 +1,9 @@
 //! containerd-shimkit's `Instance`: one container of the pod, a process of its own.
 
+use std::io::{PipeReader, Read as _};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,6 +14,7 @@ use oci_spec::runtime::Spec;
 use tracing::instrument;
 use wasmpod_engine::{Engine, HttpConfig};
 use wasmpod_image::{Containerd, ImageError};
+use wasmpod_oci::SizeBound;
 
 use crate::cgroup;
 use crate::command::{self, Command, Kind};
@@ -32,11 +34,11 @@ const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
 pub struct Isolated {
     id: String,
     namespace: String,
-    kind: Kind,
     container: Container,
     exit: WaitableCell<(u32, DateTime<Utc>)>,
-    /// A SIGKILL was sent, so a status of 137 is ours, not an OOM kill.
-    sigkill_sent: Arc<AtomicBool>,
+    /// Where a Wasm container's process says that the engine denied its memory (see
+    /// `oom::report`): its exit status alone cannot, a guest may exit 137 by itself.
+    oom_report: std::sync::Arc<PipeReader>,
 }
 
 impl Instance for Isolated {
@@ -54,9 +56,11 @@ impl Instance for Isolated {
             Some(Command {
                 kind: Kind::Native, ..
             }) => (Kind::Native, None),
-            Some(Command { name, path, .. }) => {
-                let bytes =
-                    std::fs::read(&path).map_err(|e| invalid(format!("module {name}: {e}")))?;
+            Some(Command {
+                name, file, size, ..
+            }) => {
+                let bytes = wasmpod_oci::read_bounded(file, size, &name, &module_bound(&spec))
+                    .map_err(|e| invalid(format!("module {name}: {e}")))?;
                 (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
             }
             None => {
@@ -66,20 +70,26 @@ impl Instance for Isolated {
         };
         log::info!("container {id}: {kind:?}");
         let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
+        let (reader, writer) = std::io::pipe()?;
+        nix::fcntl::fcntl(
+            &reader,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| Error::Others(format!("container {id}: the OOM report pipe: {e}")))?;
         let container = Container::build(Build {
             id: id.clone(),
             cfg: cfg.clone(),
             rootdir,
             kind,
             module,
+            oom_report: OwnedFd::from(writer).into(),
         })?;
         Ok(Isolated {
             id,
             namespace: cfg.namespace.clone(),
-            kind,
             container,
             exit: WaitableCell::new(),
-            sigkill_sent: Arc::default(),
+            oom_report: reader.into(),
         })
     }
 
@@ -102,8 +112,7 @@ impl Instance for Isolated {
         }
         let exit = self.exit.clone();
         let (id, namespace) = (self.id.clone(), self.namespace.clone());
-        let wasm = self.kind == Kind::Wasm;
-        let sigkill_sent = self.sigkill_sent.clone();
+        let oom_report = self.oom_report.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let mut status = None;
@@ -126,12 +135,9 @@ impl Instance for Isolated {
             let kernel_kills = oom_file
                 .as_deref()
                 .map_or(0, |f| cgroup::oom_kills(f).saturating_sub(kills_before));
-            if oom::was_oom_killed(
-                status,
-                wasm,
-                sigkill_sent.load(Ordering::Relaxed),
-                kernel_kills,
-            ) {
+            // The process wrote its report before it exited, so it is in the pipe by now.
+            let engine_denied = matches!((&*oom_report).read(&mut [0u8; 1]), Ok(1));
+            if oom::was_oom_killed(kernel_kills, engine_denied) {
                 log::info!("container {id}: OOM-killed");
                 oom::publish(&namespace, &id);
             }
@@ -143,9 +149,6 @@ impl Instance for Isolated {
 
     #[instrument(skip(self), fields(id = %self.id))]
     async fn kill(&self, signal: u32) -> Result<(), Error> {
-        if signal == libc::SIGKILL as u32 {
-            self.sigkill_sent.store(true, Ordering::Relaxed);
-        }
         self.container.kill(signal)?;
         Ok(())
     }
@@ -182,11 +185,28 @@ async fn artifact_module(
     let image = containerd.image_name(id, annotated).await;
     let command = command::args(spec).first().cloned().unwrap_or_default();
     let missing = format!("the command {command} does not exist in the image");
-    match containerd.artifact_module(&image, &command, &missing).await {
+    match containerd
+        .artifact_module(&image, &command, &missing, &module_bound(spec))
+        .await
+    {
         Ok(layer) => Ok((layer.name, layer.bytes)),
         Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(format!("container {id}: {m}"))),
         Err(e) => Err(Error::Others(format!("container {id}: {e}"))),
     }
+}
+
+/// How large a module this container may have: the shim holds it (and its compiled code)
+/// on the container's behalf.
+fn module_bound(spec: &Spec) -> SizeBound {
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64);
+    SizeBound::for_module(limit)
 }
 
 /// Compiles the container's module here, where the compile cache is, so a module that does

@@ -10,11 +10,23 @@ use containerd_shim::Context;
 /// limit: 137, what the kernel's OOM kill gives a native process.
 pub const WASM_OOM_STATUS: i32 = 128 + libc::SIGKILL;
 
-/// Whether a container that ended with `status` was OOM-killed: the kernel killed a process
-/// in its memory cgroup, or the engine denied a Wasm guest's memory (a status of 137 that no
-/// SIGKILL of ours explains).
-pub fn was_oom_killed(status: u32, wasm: bool, sigkill_sent: bool, kernel_oom_kills: u64) -> bool {
-    kernel_oom_kills > 0 || (wasm && !sigkill_sent && status == WASM_OOM_STATUS as u32)
+/// Whether a container was OOM-killed: the kernel killed a process in its memory cgroup, or
+/// the engine denied a Wasm guest's memory and the container's process reported it. Its exit
+/// status says nothing either way: a guest may `proc_exit(137)` by itself, a SIGKILL gives
+/// 137 too.
+pub fn was_oom_killed(kernel_oom_kills: u64, engine_denied: bool) -> bool {
+    kernel_oom_kills > 0 || engine_denied
+}
+
+/// The container process's end of the report: one byte written when the engine denied the
+/// guest's memory. The guest cannot reach it (a Wasm guest has no descriptors but its stdio
+/// and preopens), so it cannot claim an OOM kill, nor make one of its own exit status.
+pub fn report(pipe: &std::os::fd::OwnedFd) {
+    let mut writer = std::fs::File::from(match pipe.try_clone() {
+        Ok(fd) => fd,
+        Err(_) => return,
+    });
+    let _ = std::io::Write::write_all(&mut writer, b"o");
 }
 
 /// Publishes a TaskOOM event for `container_id` to the containerd that started this shim.
@@ -46,14 +58,11 @@ mod tests {
 
     #[test]
     fn oom_kills_are_told_from_other_ends() {
-        // The engine denied memory.
-        assert!(was_oom_killed(137, true, false, 0));
-        // Our SIGKILL (the kubelet's grace period ran out) is not an OOM kill.
-        assert!(!was_oom_killed(137, true, true, 0));
-        // A native process exiting 137 by itself is not one either.
-        assert!(!was_oom_killed(137, false, false, 0));
+        // The engine denied memory, and the container's process said so.
+        assert!(was_oom_killed(0, true));
         // The kernel's OOM killer counted a kill in the container's cgroup.
-        assert!(was_oom_killed(137, false, true, 1));
-        assert!(!was_oom_killed(0, true, false, 0));
+        assert!(was_oom_killed(1, false));
+        // A guest exiting 137 by itself, or our SIGKILL: neither says anything.
+        assert!(!was_oom_killed(0, false));
     }
 }

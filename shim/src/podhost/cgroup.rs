@@ -56,11 +56,7 @@ pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
             return Err(format!("cannot create {}: {e}", target.display()));
         }
         joined.created.extend(missing.iter().rev().cloned());
-        // A new v1 cpuset has no CPUs or memory nodes, and nothing can join it until it
-        // inherits its parent's, as runc does it.
-        for dir in missing.iter().rev() {
-            inherit_cpuset(dir);
-        }
+        inherit_cpusets(&mount, &target);
         if let Err(e) = fs::write(target.join("cgroup.procs"), std::process::id().to_string()) {
             joined.leave();
             return Err(format!("cannot join {}: {e}", target.display()));
@@ -142,6 +138,21 @@ fn systemd_path(spec: &str) -> Result<String, String> {
         format!("{prefix}-{name}.scope")
     };
     Ok(format!("{path}/{unit}"))
+}
+
+/// A new v1 cpuset has no CPUs or memory nodes, and nothing can join it until it inherits
+/// its parent's, as runc does it. Every directory from the hierarchy's root down to `target`
+/// is seen to, parents first, not only those this shim created: a parent another pod's shim
+/// created a moment ago may not have its CPUs yet (joining then fails with ENOSPC).
+fn inherit_cpusets(mount: &Path, target: &Path) {
+    let mut chain: Vec<&Path> = target
+        .ancestors()
+        .take_while(|d| *d != mount && d.starts_with(mount))
+        .collect();
+    chain.reverse();
+    for dir in chain {
+        inherit_cpuset(dir);
+    }
 }
 
 fn inherit_cpuset(dir: &Path) {
@@ -261,6 +272,27 @@ mod tests {
         assert!(systemd_path("kubepods:cri:abc").is_err());
         assert!(systemd_path("a--b.slice:p:n").is_err());
         assert!(systemd_path("a:b").is_err());
+    }
+
+    #[test]
+    fn cpusets_are_inherited_down_the_whole_path() {
+        let t = tempfile::tempdir().unwrap();
+        let mount = t.path();
+        let put = |dir: &str, v: &str| {
+            std::fs::create_dir_all(mount.join(dir)).unwrap();
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                std::fs::write(mount.join(dir).join(f), v).unwrap();
+            }
+        };
+        put("", "0-1\n");
+        // A parent another shim created, still empty, and this shim's own new cgroup.
+        put("k8s.io", "");
+        put("k8s.io/pod", "");
+        inherit_cpusets(mount, &mount.join("k8s.io/pod"));
+        for dir in ["k8s.io", "k8s.io/pod"] {
+            let cpus = std::fs::read_to_string(mount.join(dir).join("cpuset.cpus")).unwrap();
+            assert_eq!(cpus, "0-1", "{dir}");
+        }
     }
 
     #[test]

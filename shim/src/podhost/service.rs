@@ -40,6 +40,7 @@ use super::spec;
 use crate::engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Program};
 use crate::error::Error;
 use crate::image::{Containerd, ImageError};
+use wasmpod_oci::{LookupError, SizeBound};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -170,15 +171,7 @@ impl Service {
         if let Some(h) = self.inner.guests.get() {
             return Ok(h.clone());
         }
-        let ns = match netns {
-            Some(p) => Some(Arc::new(File::open(p).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "cannot open network namespace {}: {e}",
-                    p.display()
-                ))
-            })?)),
-            None => None,
-        };
+        let ns = netns.map(open_netns).transpose()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             // A guest's poll lasts up to an epoch tick; check timers (throttled guests waking)
             // after every poll instead of every 61.
@@ -190,7 +183,13 @@ impl Service {
                     if let Err(e) =
                         nix::sched::setns(ns.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET)
                     {
-                        tracing::error!("guest thread cannot enter the pod network namespace: {e}");
+                        // `open_netns` entered this very namespace already, so this cannot
+                        // happen short of the kernel refusing; a guest thread on the node's
+                        // network would be worse than losing the pod's process.
+                        tracing::error!(
+                            "guest thread cannot enter the pod network namespace: {e}; aborting"
+                        );
+                        std::process::abort();
                     }
                 }
             })
@@ -270,7 +269,7 @@ impl Service {
         // The process belongs in the cgroup of the pod (or of a standalone container), not
         // of its app containers, which are no processes of their own.
         if spec::is_sandbox(&spec) || !spec::in_pod(&spec) {
-            self.join_cgroup(&spec);
+            self.join_cgroup(&spec)?;
         }
         if spec::is_sandbox(&spec) {
             return Ok(container);
@@ -321,21 +320,25 @@ impl Service {
         }
     }
 
-    fn join_cgroup(&self, spec: &oci_spec::runtime::Spec) {
+    /// Joins the cgroup the spec names. Failing to is the pod's failure: a pod running outside
+    /// its cgroup would escape the limits and accounting the kubelet set for it.
+    fn join_cgroup(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let mut slot = self.inner.cgroup.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_some() {
-            return;
+            return Ok(());
         }
         let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
-            return;
+            return Ok(());
         };
-        match cgroup::join(&path.to_string_lossy()) {
-            Ok(c) => {
-                tracing::info!(path = %path.display(), "joined the pod cgroup");
-                *slot = Some(c);
-            }
-            Err(e) => tracing::warn!("{e}"),
-        }
+        let c = cgroup::join(&path.to_string_lossy()).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "cannot join the pod's cgroup {}: {e}; the pod is not started outside it",
+                path.display()
+            ))
+        })?;
+        tracing::info!(path = %path.display(), "joined the pod cgroup");
+        *slot = Some(c);
+        Ok(())
     }
 
     async fn prepare(
@@ -375,8 +378,11 @@ impl Service {
         spec: &oci_spec::runtime::Spec,
         rootfs: &Path,
     ) -> Result<(String, Vec<u8>)> {
-        let missing = match spec::module_path(spec, rootfs) {
-            Ok((name, path)) => match std::fs::read(&path) {
+        // The shim holds the module (and its compiled code) for the container, in the pod's
+        // cgroup: it may not be larger than the container may use.
+        let bound = SizeBound::for_module(spec::limits(spec).memory);
+        let missing = match spec::module_path(spec) {
+            Ok((name, path)) => match wasmpod_oci::read_regular(rootfs, &path, &bound) {
                 Ok(bytes) if crate::engine::wasm_kind(&bytes).is_some() => {
                     return Ok((name, bytes))
                 }
@@ -389,13 +395,14 @@ impl Service {
                         describe(&bytes)
                     )));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(LookupError::NotFound { .. }) => {
                     format!("{name} does not exist in the image")
                 }
                 Err(e) => {
+                    let image = self.image_name(id, spec).await;
                     return Err(Error::InvalidArgument(format!(
-                        "cannot read module {name} from the image: {e}"
-                    )))
+                        "image {image}: cannot use {name} as the module: {e}"
+                    )));
                 }
             },
             Err(e) => e.to_string(),
@@ -405,7 +412,7 @@ impl Service {
         match self
             .inner
             .containerd
-            .artifact_module(&image, &command, &missing)
+            .artifact_module(&image, &command, &missing, &bound)
             .await
         {
             Ok(layer) => Ok((layer.name, layer.bytes)),
@@ -813,6 +820,28 @@ impl Task for Service {
     }
 }
 
+/// Opens the pod's network namespace and proves it can be entered, on a thread of its own,
+/// before any guest depends on it: if it cannot, the container fails to start rather than
+/// run on the node's network.
+fn open_netns(path: &Path) -> Result<Arc<File>> {
+    let refused = |e: &dyn std::fmt::Display| {
+        Error::FailedPrecondition(format!(
+            "cannot enter the pod's network namespace {}: {e}; the container is not started \
+             on the node's network instead",
+            path.display()
+        ))
+    };
+    let ns = Arc::new(File::open(path).map_err(|e| refused(&e))?);
+    let probe = ns.clone();
+    std::thread::spawn(move || {
+        nix::sched::setns(probe.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET)
+    })
+    .join()
+    .map_err(|_| refused(&"the probe thread panicked"))?
+    .map_err(|e| refused(&e))?;
+    Ok(ns)
+}
+
 fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
@@ -925,6 +954,17 @@ mod tests {
         assert_eq!(io_path("/run/x/stdout").unwrap(), Some("/run/x/stdout"));
         assert_eq!(io_path("file:///var/log/x").unwrap(), Some("/var/log/x"));
         assert!(io_path("binary:///usr/bin/logger").is_err());
+    }
+
+    #[test]
+    fn a_network_namespace_that_cannot_be_entered_is_an_error() {
+        let file = std::env::current_exe().unwrap();
+        let e = open_netns(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot enter the pod's network namespace"),
+            "{e}"
+        );
+        assert!(open_netns(Path::new("/nonexistent/netns")).is_err());
     }
 
     #[test]

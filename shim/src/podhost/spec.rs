@@ -2,7 +2,7 @@
 //! `config.json`): what kind of container it is, the module to run, and the guest's view of
 //! the world.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
@@ -142,27 +142,18 @@ pub fn netns(spec: &Spec) -> Option<PathBuf> {
         .and_then(|ns| ns.path().clone())
 }
 
-/// The module file inside the rootfs named by `process.args[0]`. Relative names are taken from
-/// the working directory, as an exec would. The path may not climb out of the rootfs.
-pub fn module_path(spec: &Spec, rootfs: &Path) -> Result<(String, PathBuf), Error> {
+/// The module file `process.args[0]` names, as the container sees it (relative names are
+/// taken from the working directory, as an exec would), and the name for messages. Where it
+/// is in the rootfs is for `wasmpod_oci` to say: the image's links must resolve inside it.
+pub fn module_path(spec: &Spec) -> Result<(String, PathBuf), Error> {
     let args = args(spec);
     let Some(arg0) = args.first().filter(|a| !a.is_empty()) else {
         return Err(Error::InvalidArgument(
             "no command: process.args is empty, so there is no module to run".into(),
         ));
     };
-    let in_root = if arg0.starts_with('/') {
-        PathBuf::from(arg0)
-    } else {
-        Path::new(&cwd(spec).unwrap_or_else(|| "/".into())).join(arg0)
-    };
-    if in_root.components().any(|c| c == Component::ParentDir) {
-        return Err(Error::InvalidArgument(format!(
-            "module path {arg0} must not contain '..'"
-        )));
-    }
-    let rel = in_root.strip_prefix("/").unwrap_or(&in_root);
-    Ok((arg0.clone(), rootfs.join(rel)))
+    let in_root = Path::new(&cwd(spec).unwrap_or_else(|| "/".into())).join(arg0);
+    Ok((arg0.clone(), in_root))
 }
 
 /// The directories the guest sees: the rootfs at `/` (read-only unless the spec explicitly
@@ -216,20 +207,19 @@ mod tests {
     }
 
     #[test]
-    fn module_path_resolves_inside_rootfs() {
+    fn module_path_is_taken_from_the_working_directory() {
         let s = spec(serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["app.wasm"], "cwd": "/srv", "user": {"uid": 0, "gid": 0}}
         }));
-        let (name, path) = module_path(&s, Path::new("/b/rootfs")).unwrap();
+        let (name, path) = module_path(&s).unwrap();
         assert_eq!(name, "app.wasm");
-        assert_eq!(path, Path::new("/b/rootfs/srv/app.wasm"));
-
+        assert_eq!(path, Path::new("/srv/app.wasm"));
         let s = spec(serde_json::json!({
             "ociVersion": "1.0.2",
-            "process": {"args": ["/../../etc/passwd"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+            "process": {"args": ["/app.wasm"], "cwd": "/srv", "user": {"uid": 0, "gid": 0}}
         }));
-        assert!(module_path(&s, Path::new("/b/rootfs")).is_err());
+        assert_eq!(module_path(&s).unwrap().1, Path::new("/app.wasm"));
     }
 
     #[test]
@@ -238,7 +228,7 @@ mod tests {
             "ociVersion": "1.0.2",
             "process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}
         }));
-        let err = module_path(&s, Path::new("/r")).unwrap_err().to_string();
+        let err = module_path(&s).unwrap_err().to_string();
         assert!(err.contains("no command"), "{err}");
     }
 
@@ -309,6 +299,16 @@ mod tests {
         assert!(e.contains("WASMPOD_HTTP_ADDRESS=localhost"), "{e}");
         let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "-1")])).unwrap_err();
         assert!(e.contains("not a positive duration"), "{e}");
+        // Too large for a deadline: an error, not a panic in the task service.
+        for v in ["1e20", "1e300ms", "86401", "inf", "0.0000000001ms"] {
+            let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, v)])).unwrap_err();
+            assert!(
+                e.contains("not a positive duration of at most a day"),
+                "{v}: {e}"
+            );
+        }
+        let c = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "86400")])).unwrap();
+        assert_eq!(c.request_timeout.as_secs(), 86400);
     }
 
     #[test]
