@@ -529,6 +529,14 @@ EOF
 cmd_down() {
 	need_root
 	[ -d "$RUN" ] || { log "no cluster"; return 0; }
+	if pid_alive kube-apiserver; then
+		# Pods first, through the kubelet (their volumes unmounted the ordinary way), and
+		# while wasmpod's runtimes still exist: once uninstall takes them out of containerd's
+		# config, containerd can no longer stop a running Wasm pod (it shows Unknown).
+		log "deleting the pods (but the installer's)"
+		kubectl_ delete namespace wasmpod-test --ignore-not-found --wait=true --timeout 120s >/dev/null 2>&1 || true
+		kubectl_ delete pods -A --field-selector metadata.namespace!=wasmpod --wait=true --timeout 120s >/dev/null 2>&1 || true
+	fi
 	if pid_alive kube-apiserver && helm_ status wasmpod -n wasmpod >/dev/null 2>&1; then
 		log "helm uninstall (the chart README's order: uninstall on stop, then the release)"
 		helm_ upgrade wasmpod "$ROOT/charts/wasmpod" -n wasmpod --reuse-values --set installer.uninstallOnStop=true --wait --timeout 3m ||
@@ -539,9 +547,7 @@ cmd_down() {
 		helm_ uninstall wasmpod -n wasmpod --wait --timeout 3m || log "warning: helm uninstall failed"
 	fi
 	if pid_alive kube-apiserver; then
-		# Pods go through the kubelet, so their volumes are unmounted the ordinary way.
-		kubectl_ delete namespace wasmpod-test --ignore-not-found --wait=true --timeout 120s >/dev/null 2>&1 || true
-		kubectl_ delete pods --all -A --wait=true --timeout 120s >/dev/null 2>&1 || true
+		kubectl_ delete pods --all -A --wait=true --timeout 60s >/dev/null 2>&1 || true
 	fi
 	local c
 	for c in kube-proxy kube-scheduler kube-controller-manager kubelet; do stop_pid "$c"; done
