@@ -116,7 +116,7 @@ pub fn install(host_root: &Path, bin_dir: &Path, source: &Path, binary: &str) ->
         changed = true;
         info!(shim = %link.display(), version = %digest, "shim installed");
     }
-    prune(&dir, &digest, previous.as_deref());
+    prune(&dir);
     Ok(Installed {
         path: bin_dir.join(binary),
         digest,
@@ -138,25 +138,33 @@ fn version_of(link: &Path) -> Option<String> {
     Some(link.parent()?.file_name()?.to_str()?.to_string())
 }
 
-/// Removes version directories other than the current one, the one it replaced (a shim from
-/// it may still run; the kernel keeps a deleted running binary anyway) and those the other
-/// shim's link uses.
-fn prune(dir: &Path, current: &str, previous: Option<&Path>) {
-    let mut keep = vec![current.to_string()];
-    keep.extend(previous.and_then(version_of));
-    keep.extend(
-        SHIM_BINARIES
+/// Removes the version directories no longer needed. Kept, for each shim binary: the version
+/// its link names and the newest other one, the version it replaced (pods started from it
+/// still run it; the kernel would keep a deleted binary running, but its path is how an
+/// operator sees which version a pod runs). Decided per binary from what is on disk, so that
+/// installing one shim never prunes the version the other one just replaced.
+fn prune(dir: &Path) {
+    let versions = dir.join(VERSIONS_DIR);
+    let Ok(entries) = std::fs::read_dir(&versions) else {
+        return;
+    };
+    let entries: Vec<_> = entries.flatten().collect();
+    let mut keep = Vec::new();
+    for binary in SHIM_BINARIES {
+        let current = std::fs::read_link(dir.join(binary))
+            .ok()
+            .and_then(|l| version_of(&l));
+        let replaced = entries
             .iter()
-            .filter_map(|b| std::fs::read_link(dir.join(b)).ok())
-            .filter_map(|l| version_of(&l)),
-    );
-    if let Ok(entries) = std::fs::read_dir(dir.join(VERSIONS_DIR)) {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if !keep.iter().any(|k| *k == name) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+            .filter(|e| e.path().join(binary).exists())
+            .filter(|e| Some(e.file_name().to_string_lossy().into_owned()) != current)
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        keep.extend(current);
+        keep.extend(replaced.map(|e| e.file_name().to_string_lossy().into_owned()));
+    }
+    for e in &entries {
+        if !keep.iter().any(|k| *k == *e.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -256,5 +264,30 @@ mod tests {
         assert_eq!(versions, 3, "pod v3, pod v2 (may still run), isolated v1");
         assert!(remove(root.path(), bin).unwrap());
         assert!(!host_path(root.path(), bin).exists());
+    }
+
+    #[test]
+    fn upgrading_both_shims_keeps_both_replaced_versions() {
+        // The installer installs the pod host's shim, then the isolated one: the second
+        // install must not prune the version the first one replaced (running pods use it).
+        let root = tempfile::tempdir().unwrap();
+        let (pod, iso) = (root.path().join("pod"), root.path().join("iso"));
+        let bin = Path::new("/opt/wasmpod/bin");
+        let mut old = Vec::new();
+        for v in ["v1", "v2"] {
+            std::fs::write(&pod, format!("pod {v}")).unwrap();
+            std::fs::write(&iso, format!("isolated {v}")).unwrap();
+            let p = install(root.path(), bin, &pod, SHIM_BINARY).unwrap();
+            let i = install(root.path(), bin, &iso, ISOLATED_SHIM_BINARY).unwrap();
+            old.push((p.digest, i.digest));
+        }
+        let versions = host_path(root.path(), bin).join(VERSIONS_DIR);
+        for (p, i) in &old {
+            assert!(versions.join(p).join(SHIM_BINARY).exists(), "pod {p}");
+            assert!(
+                versions.join(i).join(ISOLATED_SHIM_BINARY).exists(),
+                "isolated {i}"
+            );
+        }
     }
 }
