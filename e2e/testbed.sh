@@ -355,10 +355,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
       runtime_type = "io.containerd.wasmtime.v1"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-systemd.options]
         SystemdCgroup = true
-    # The isolated host (a process per container). cgroupfs: youki's systemd driver needs a
-    # systemd on D-Bus, which these machines do not run.
+    # The isolated host (a process per container), cgroupfs and systemd's form: the latter
+    # as kind nodes have it, with no systemd on D-Bus (these machines run none either).
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated]
       runtime_type = "io.containerd.wasmtime-isolated.v1"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated-systemd]
+      runtime_type = "io.containerd.wasmtime-isolated.v1"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated-systemd.options]
+        SystemdCgroup = true
 EOF
 	else
 		cat <<EOF
@@ -390,10 +394,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     runtime_type = "io.containerd.wasmtime.v1"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-systemd.options]
       SystemdCgroup = true
-  # The isolated host (a process per container). cgroupfs: youki's systemd driver needs a
-  # systemd on D-Bus, which these machines do not run.
+  # The isolated host (a process per container), cgroupfs and systemd's form: the latter
+  # as kind nodes have it, with no systemd on D-Bus (these machines run none either).
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated]
     runtime_type = "io.containerd.wasmtime-isolated.v1"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated-systemd]
+    runtime_type = "io.containerd.wasmtime-isolated.v1"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated-systemd.options]
+      SystemdCgroup = true
 EOF
 	fi
 }

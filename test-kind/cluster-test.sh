@@ -32,7 +32,7 @@ VERSIONS=("$@")
 
 export KUBECONFIG=$ROOT/target/cluster/kubeconfig PATH=$BIN:$PATH
 node_sh() { sh -c "$1"; }
-node_crictl() { crictl --runtime-endpoint "unix://$RUN/containerd/containerd.sock" "$@"; }
+node_crictl() { crictl --config "$RUN/crictl.yaml" "$@"; }
 
 restarts() { [ -f "$RUN/containerd-restarts" ] && wc -l <"$RUN/containerd-restarts" || echo 0; }
 
@@ -172,6 +172,7 @@ one_version() {
 	delete_workloads
 
 	step "helm uninstall: containerd's config byte for byte, the shims gone, the label gone"
+	r0=$(restarts)
 	uninstall_chart
 	expect "node label after uninstall" "$(kubectl get node "$NODE" -o jsonpath='{.metadata.labels.wasmpod\.dev/wasmtime}')" ""
 	cmp "$RUN/containerd-config.before.toml" "$RUN/containerd/config.toml" || fail "containerd config not restored byte for byte"

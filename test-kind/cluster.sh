@@ -374,6 +374,8 @@ cmd_up() {
 
 	make_pki
 	write_containerd_config "$v"
+	printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\n' \
+		"$RUN/containerd/containerd.sock" "$RUN/containerd/containerd.sock" >"$RUN/crictl.yaml"
 
 	log "registry on $REGISTRY (the test bed's images; the cluster tests push theirs)"
 	bash "$ROOT/e2e/testbed.sh" registry-start "$RUN" >/dev/null
@@ -553,7 +555,7 @@ cmd_down() {
 	for c in kube-proxy kube-scheduler kube-controller-manager kubelet; do stop_pid "$c"; done
 	if containerd_serves; then
 		# Sandboxes the kubelet left: their shims outlive containerd, so end them through it.
-		"$BIN/crictl" --runtime-endpoint "unix://$RUN/containerd/containerd.sock" rmp -fa >/dev/null 2>&1 || true
+		"$BIN/crictl" --config "$RUN/crictl.yaml" rmp -fa >/dev/null 2>&1 || true
 		local t
 		for t in $(ctr_ -n k8s.io tasks ls -q 2>/dev/null); do
 			ctr_ -n k8s.io tasks rm -f "$t" >/dev/null 2>&1 || true

@@ -376,3 +376,54 @@ async fn a_wasm_artifact_runs_next_to_a_native_sidecar() {
     cri.remove_pod(&pod).await.unwrap();
     assert_gone(&pod, &[&app, &side]).await;
 }
+
+/// With `SystemdCgroup = true` (kind's nodes, the kubelet's systemd driver) containerd gives
+/// the isolated host `slice:prefix:name`. These machines, like kind's nodes, have no systemd on
+/// D-Bus: each container's process must still run, in the path systemd would give its scope.
+#[tokio::test]
+async fn systemd_cgroup_paths_work_without_dbus() {
+    let (bed, mut cri) = connect().await;
+    // '-' separates slice levels in systemd names, so the unique part has none.
+    let slice = format!("wasmpod_e2e-pod{}.slice", unique("isd").replace('-', "_"));
+    let pod = cri
+        .run_pod_in(&bed, "systemd", "wasmtime-isolated-systemd", &slice)
+        .await
+        .unwrap();
+    let side = cri
+        .run(
+            &pod,
+            sidecar("side", "echo \"$GREETING\"; exec /bin/busybox sleep 3600"),
+        )
+        .await
+        .unwrap();
+    let app = cri
+        .run(&pod, ContainerSpec::wasm("app", "sleep.wasm", &["3600"]))
+        .await
+        .unwrap();
+    pod.wait_log("app", "sleeping", WAIT).await.unwrap();
+    pod.wait_log("side", "hello from the sidecar", WAIT)
+        .await
+        .unwrap();
+    for id in [&app, &side] {
+        let pids = processes_in_cgroups_mentioning(id);
+        assert!(!pids.is_empty(), "no process in a cgroup of {id}");
+        let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+        let want = format!("/wasmpod_e2e.slice/{slice}/cri-containerd-{id}.scope");
+        // Controller hierarchies; youki's cgroupfs driver joins no named one (name=systemd).
+        assert!(
+            cgroups
+                .lines()
+                .filter(|l| !l.starts_with("0::") && !l.contains(":name="))
+                .all(|l| l.ends_with(&want)),
+            "every v1 controller puts {id} in {want}:\n{cgroups}"
+        );
+    }
+    cri.stop(&app, 0).await.unwrap();
+    cri.stop(&side, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+    assert_gone(&pod, &[&app, &side]).await;
+    // The pod's slice is the kubelet's to remove; here the test plays the kubelet.
+    for dir in cgroups_mentioning(&slice).iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}

@@ -70,6 +70,7 @@ impl Instance for Isolated {
         };
         log::info!("container {id}: {kind:?}");
         let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
+        let cfg = &cgroupfs_for_systemd(&spec, cfg)?;
         let (reader, writer) = std::io::pipe()?;
         nix::fcntl::fcntl(
             &reader,
@@ -207,6 +208,34 @@ fn module_bound(spec: &Spec) -> SizeBound {
         .filter(|l| *l > 0)
         .map(|l| l as u64);
     SizeBound::for_module(limit)
+}
+
+/// youki's systemd cgroup driver creates the container's scope over D-Bus, which many nodes
+/// (kind's among them) do not run. Like the pod host, the isolated host makes the directory
+/// systemd would give the unit instead: the spec's `slice:prefix:name` becomes that path in the
+/// bundle's config.json and youki's cgroupfs driver creates it, on the kubelet's pod slice.
+fn cgroupfs_for_systemd(spec: &Spec, cfg: &InstanceConfig) -> Result<InstanceConfig, Error> {
+    let mut cfg = cfg.clone();
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(cfg);
+    };
+    let systemd_form = linux
+        .cgroups_path()
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .filter(|p| wasmpod_oci::cgroup::is_systemd_form(p))
+        .map(str::to_string);
+    let (true, Some(form)) = (cfg.config.systemd_cgroup, systemd_form) else {
+        return Ok(cfg);
+    };
+    let path = wasmpod_oci::cgroup::systemd_path(&form)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    linux.set_cgroups_path(Some(PathBuf::from(path)));
+    let mut spec = spec.clone();
+    spec.set_linux(Some(linux));
+    spec.save(cfg.bundle.join("config.json"))?;
+    cfg.config.systemd_cgroup = false;
+    Ok(cfg)
 }
 
 /// Compiles the container's module here, where the compile cache is, so a module that does

@@ -1,5 +1,6 @@
 //! What both wasmpod hosts read from a container's bundle and image, in one version so the
-//! two cannot drift: today, files the image names (the command, the module).
+//! two cannot drift: today, files the image names (the command, the module), and the
+//! systemd form of the cgroups path ([`cgroup`]).
 //!
 //! Images are untrusted and the shims run as root in the node's mount namespace, where the
 //! container's root is only a directory. A path the image gives is therefore resolved here
@@ -7,6 +8,8 @@
 //! the root (an absolute target means the image's root, `..` stops at it), so no link leads
 //! to the node's files. What is read must be a regular file (a FIFO would block the shim, a
 //! device such as `/dev/zero` never ends) and is bounded in size before it is read.
+
+pub mod cgroup;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -25,8 +25,8 @@ pub struct PodCgroup {
 
 /// Joins the cgroup named by `cgroups_path`, or returns why not.
 pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
-    let path = if cgroups_path.contains(':') {
-        systemd_path(cgroups_path)?
+    let path = if wasmpod_oci::cgroup::is_systemd_form(cgroups_path) {
+        wasmpod_oci::cgroup::systemd_path(cgroups_path).map_err(|e| e.to_string())?
     } else {
         cgroups_path.to_string()
     };
@@ -93,51 +93,6 @@ impl PodCgroup {
             }
         }
     }
-}
-
-/// The cgroup path systemd uses for `slice:prefix:name`: the slice expanded into its parents
-/// (`a-b.slice` lives in `a.slice`), then the unit `prefix-name.scope`.
-fn systemd_path(spec: &str) -> Result<String, String> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let [slice, prefix, name] = parts[..] else {
-        return Err(format!(
-            "systemd cgroups path {spec:?} is not slice:prefix:name"
-        ));
-    };
-    let slice = if slice.is_empty() {
-        "system.slice"
-    } else {
-        slice
-    };
-    let Some(stem) = slice.strip_suffix(".slice") else {
-        return Err(format!("{slice:?} is not a slice name"));
-    };
-    let invalid =
-        |s: &str| s.contains('/') || s.starts_with('-') || s.ends_with('-') || s.contains("--");
-    if stem != "-" && invalid(stem) {
-        return Err(format!("{slice:?} is not a valid slice name"));
-    }
-    let mut path = String::new();
-    if stem != "-" {
-        let mut acc = String::new();
-        for word in stem.split('-') {
-            if !acc.is_empty() {
-                acc.push('-');
-            }
-            acc.push_str(word);
-            path.push('/');
-            path.push_str(&acc);
-            path.push_str(".slice");
-        }
-    }
-    let unit = if name.ends_with(".slice") {
-        name.to_string()
-    } else if prefix.is_empty() {
-        format!("{name}.scope")
-    } else {
-        format!("{prefix}-{name}.scope")
-    };
-    Ok(format!("{path}/{unit}"))
 }
 
 /// A new v1 cpuset has no CPUs or memory nodes, and nothing can join it until it inherits
@@ -256,22 +211,6 @@ mod tests {
         let own = parse_proc_cgroup("12:memory:/a/b\n4:cpu,cpuacct:/a\n1:name=systemd:/x\n0::/y\n");
         assert_eq!(own[0], ("memory".to_string(), "/a/b".to_string()));
         assert_eq!(own[3], (String::new(), "/y".to_string()));
-    }
-
-    #[test]
-    fn systemd_paths_expand_like_systemd() {
-        assert_eq!(
-            systemd_path("kubepods-burstable-pod1234.slice:cri-containerd:abc").unwrap(),
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-abc.scope"
-        );
-        assert_eq!(
-            systemd_path(":cri-containerd:abc").unwrap(),
-            "/system.slice/cri-containerd-abc.scope"
-        );
-        assert_eq!(systemd_path("-.slice:p:n").unwrap(), "/p-n.scope");
-        assert!(systemd_path("kubepods:cri:abc").is_err());
-        assert!(systemd_path("a--b.slice:p:n").is_err());
-        assert!(systemd_path("a:b").is_err());
     }
 
     #[test]
