@@ -125,7 +125,7 @@ one_version() {
 	local before_pods old_exe
 	before_pods=$(kubectl -n "$TNS" get pods -l app=wasm-sleep -o jsonpath='{range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount} {end}')
 	old_exe=$(shim_exe_of_pod "$(kubectl -n "$TNS" get pods -l app=wasm-sleep -o jsonpath='{.items[0].metadata.name}')" "$TNS")
-	run env WASMPOD_BUILD_ID="cluster-test-$v-$$" cargo build -q -p wasmpod-shim
+	run env WASMPOD_BUILD_ID="cluster-test-$v-$$" cargo build -p wasmpod-shim
 	$CLUSTER installer-image 2
 	local r0
 	r0=$(restarts)

@@ -306,7 +306,8 @@ build_all() {
 	log "components (test-kind/components.sh; a cold build takes ~15 min, later runs seconds)"
 	bash "$ROOT/test-kind/components.sh"
 	log "shims, installer and test images (cargo; the test bed's images)"
-	(cd "$ROOT" && cargo build -q -p wasmpod-shim -p wasmpod-installer && cd shim/isolated && cargo build -q)
+	# cargo's own progress shows: a cold build of the shims takes about 10 minutes.
+	(cd "$ROOT" && cargo build -p wasmpod-shim -p wasmpod-installer && cd shim/isolated && cargo build)
 	[ -f "$IMAGES/pause.tar" ] || bash "$ROOT/e2e/testbed.sh" images
 }
 
@@ -326,6 +327,7 @@ cmd_installer_image() {
 		args+=(--file "$lib:$lib")
 	done
 	args+=(--file "$TARGET/wasm32-wasip1/release/hello.wasm:/hello.wasm")
+	log "packing the installer image $tag (debug binaries: about a minute)"
 	python3 "$ROOT/e2e/images/ociimage.py" --out "$d/installer.tar" --name "wasmpod.test/installer:$tag" \
 		"${args[@]}" --entrypoint /wasmpod-installer
 	python3 "$ROOT/e2e/images/push.py" "$d/installer.tar" "$REGISTRY/wasmpod/installer:$tag" >/dev/null

@@ -584,6 +584,16 @@ pub fn parse_cri_log(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Waits up to 10 s for the shim of pod `id` to exit (a shim ends with its pod), or panics
+/// naming what still runs.
+pub async fn assert_shim_gone(id: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || shim_processes(id).is_empty()).await,
+        "shim left running: {:?}",
+        shim_processes(id)
+    );
+}
+
 /// Processes of our shims (either host) whose command line names this id (`-id <id>`).
 pub fn shim_processes(id: &str) -> Vec<u32> {
     let mut pids = Vec::new();

@@ -64,13 +64,7 @@ async fn pod_still_served(cri: &mut Cri, pod: &Pod, neighbour: &str, image: &str
 /// Removes the pod as the kubelet does; its shim must be gone with it.
 async fn remove(cri: &mut Cri, pod: &Pod) {
     cri.remove_pod(pod).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
-            .is_empty())
-        .await,
-        "shim left running: {:?}",
-        shim_processes(&pod.id)
-    );
+    assert_shim_gone(&pod.id).await;
 }
 
 fn sleeper() -> ContainerSpec {

@@ -29,13 +29,7 @@ fn sidecar(name: &str, script: &str) -> ContainerSpec {
 
 /// Nothing of the pod is left: no shim, no container process, no cgroup, no mount.
 async fn assert_gone(pod: &Pod, containers: &[&str]) {
-    assert!(
-        eventually(Duration::from_secs(10), || shim_processes(&pod.id)
-            .is_empty())
-        .await,
-        "shim left running: {:?}",
-        shim_processes(&pod.id)
-    );
+    assert_shim_gone(&pod.id).await;
     for id in containers.iter().chain([&pod.id.as_str()]) {
         assert!(
             eventually(Duration::from_secs(10), || {
