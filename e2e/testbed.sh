@@ -239,6 +239,11 @@ cmd_images() {
 	local w=$ROOT/target/wasm32-wasip1/release
 	local files=()
 	for f in "$w"/*.wasm; do files+=(--file "$f:/$(basename "$f")"); done
+	# The large module, unoptimised (seconds to compile): for tests of what happens while a
+	# module compiles.
+	(cd "$ROOT" && cargo build -q --profile wasm-big -p wasmpod-workloads --target wasm32-wasip1 --bin big)
+	cp "$ROOT/target/wasm32-wasip1/wasm-big/big.wasm" "$b/big.wasm"
+	files+=(--file "$b/big.wasm:/slow-compile.wasm")
 	cp "$ROOT/target/wasm32-wasip2/release/hello.wasm" "$b/hello-p2.wasm"
 	gcc -static -O2 -o "$b/pause" "$ROOT/e2e/images/pause.c"
 	printf 'this is not WebAssembly\n' >"$b/notwasm.wasm"
@@ -265,8 +270,6 @@ registry_images() {
 	local b=$IMAGES/build r=$IMAGES/registry py="python3 $ROOT/e2e/images/ociimage.py"
 	local w=$ROOT/target/wasm32-wasip1/release
 	rm -rf "$r" && mkdir -p "$r"
-	(cd "$ROOT" && cargo build -q --profile wasm-big -p wasmpod-workloads --target wasm32-wasip1 --bin big)
-	cp "$ROOT/target/wasm32-wasip1/wasm-big/big.wasm" "$b/big.wasm"
 	# Wasm OCI artifacts, one per layer media type, and one with several layers.
 	$py --out "$r/hello-artifact.tar" --name wasmpod/hello-artifact:1 --wasm-layer "$w/hello.wasm"
 	$py --out "$r/w3c-artifact.tar" --name wasmpod/w3c-artifact:1 \
@@ -559,8 +562,9 @@ cmd_stop() {
 		rm -f "$d/containerd.pid"
 	fi
 	stop_registry "$d"
-	# Parent cgroups of the test pods (runc and wasmpod leave parents, as the kubelet does);
-	# rmdir takes only empty ones.
+	# Parent cgroups of the test pods (runc and wasmpod leave parents, as the kubelet does,
+	# and the limited pod cgroups a failed test made); rmdir takes only empty ones.
+	find /sys/fs/cgroup/*/wasmpod-e2e -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null || true
 	rmdir /sys/fs/cgroup/*/wasmpod-e2e /sys/fs/cgroup/*/wasmpod_e2e.slice /sys/fs/cgroup/*/k8s.io \
 		/sys/fs/cgroup/*/default 2>/dev/null || true
 	if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then

@@ -326,9 +326,14 @@ impl Cri {
                 })
                 .collect(),
             log_path: format!("{}.log", c.name),
+            stdin: c.stdin,
             linux: Some(LinuxContainerConfig {
                 resources: c.resources.map(Resources::to_cri),
-                ..Default::default()
+                security_context: c.run_as.map(|(uid, gid)| LinuxContainerSecurityContext {
+                    run_as_user: Some(Int64Value { value: uid }),
+                    run_as_group: Some(Int64Value { value: gid }),
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         };
@@ -412,10 +417,9 @@ impl Cri {
         Ok(())
     }
 
-    /// The container's total CPU time in nanoseconds, from ContainerStats (`kubectl top`).
-    pub async fn cpu_ns(&mut self, id: &str) -> Result<u64> {
-        let stats = self
-            .runtime
+    /// ContainerStats (`kubectl top`'s source) of one container.
+    pub async fn stats(&mut self, id: &str) -> Result<ContainerStats> {
+        self.runtime
             .container_stats(ContainerStatsRequest {
                 container_id: id.to_string(),
             })
@@ -423,10 +427,27 @@ impl Cri {
             .context("ContainerStats")?
             .into_inner()
             .stats
-            .context("no stats")?;
-        Ok(stats
+            .context("no stats")
+    }
+
+    /// The container's total CPU time in nanoseconds, from ContainerStats.
+    pub async fn cpu_ns(&mut self, id: &str) -> Result<u64> {
+        Ok(self
+            .stats(id)
+            .await?
             .cpu
             .and_then(|c| c.usage_core_nano_seconds)
+            .map(|v| v.value)
+            .unwrap_or(0))
+    }
+
+    /// The container's memory in bytes (its working set), from ContainerStats.
+    pub async fn memory_bytes(&mut self, id: &str) -> Result<u64> {
+        Ok(self
+            .stats(id)
+            .await?
+            .memory
+            .and_then(|m| m.working_set_bytes)
             .map(|v| v.value)
             .unwrap_or(0))
     }
@@ -477,6 +498,10 @@ pub struct ContainerSpec {
     pub mounts: Vec<(PathBuf, String, bool)>,
     /// Limits as the kubelet sets them.
     pub resources: Option<Resources>,
+    /// `stdin: true`: containerd gives the container a stdin FIFO and holds it open.
+    pub stdin: bool,
+    /// `securityContext.runAsUser` and `runAsGroup`.
+    pub run_as: Option<(i64, i64)>,
 }
 
 /// A container's `resources.limits`, in the form the kubelet passes to CRI.
@@ -520,6 +545,7 @@ impl ContainerSpec {
     }
 }
 
+#[derive(Clone)]
 pub struct Pod {
     pub id: String,
     pub config: PodSandboxConfig,
@@ -620,6 +646,57 @@ pub fn shim_processes(id: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// A pod cgroup with a memory limit, made before RunPodSandbox as the kubelet makes one (the
+/// limit is the sum of the containers' plus the RuntimeClass overhead). Removed on drop, once
+/// the pod's shim has left it.
+pub struct LimitedPodCgroup {
+    /// The cgroup parent to give RunPodSandbox.
+    pub parent: String,
+    dir: PathBuf,
+}
+
+impl LimitedPodCgroup {
+    pub fn new(name: &str, memory_bytes: u64) -> Self {
+        let parent = format!("/wasmpod-e2e/{}", unique(name));
+        let (root, limit_file) = if Path::new("/sys/fs/cgroup/memory").is_dir() {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            ("/sys/fs/cgroup", "memory.max")
+        };
+        let dir = Path::new(root).join(parent.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let cgroup = LimitedPodCgroup { parent, dir };
+        std::fs::write(cgroup.dir.join(limit_file), memory_bytes.to_string())
+            .unwrap_or_else(|e| panic!("{}/{limit_file}: {e}", cgroup.dir.display()));
+        cgroup
+    }
+
+    /// The memory charged to the pod's cgroup now and at its peak, in bytes.
+    pub fn memory_usage(&self) -> Result<(u64, u64)> {
+        let read = |names: [&str; 2]| -> Result<u64> {
+            let file = names
+                .iter()
+                .map(|n| self.dir.join(n))
+                .find(|p| p.exists())
+                .with_context(|| format!("none of {names:?} in {}", self.dir.display()))?;
+            Ok(std::fs::read_to_string(&file)?.trim().parse()?)
+        };
+        Ok((
+            read(["memory.usage_in_bytes", "memory.current"])?,
+            read(["memory.max_usage_in_bytes", "memory.peak"])?,
+        ))
+    }
+}
+
+impl Drop for LimitedPodCgroup {
+    fn drop(&mut self) {
+        for dir in [self.dir.as_path(), self.dir.parent().unwrap_or(&self.dir)] {
+            // The shared parent stays while another test's pod uses it.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// Processes whose cgroup (any hierarchy) mentions `id`: what is left of a container.

@@ -390,3 +390,184 @@ async fn a_cache_directory_others_can_write_is_not_used() {
         "the cache is used again"
     );
 }
+
+/// Guests blocked reading a stdin nobody writes (`stdin: true`, nothing attached: containerd
+/// holds the FIFO open) wait in the executor, not on its threads: two of them, as many as
+/// the pod's guest threads on this machine, still leave room for a new container, and each
+/// ends on StopContainer at once with SIGTERM's status, not at the end of the grace period.
+#[tokio::test]
+async fn guests_blocked_on_stdin_can_be_stopped_and_park_no_thread() {
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "stdin-block", HANDLER).await.unwrap();
+    let mut readers = Vec::new();
+    for name in ["reader-1", "reader-2"] {
+        let mut spec = ContainerSpec::wasm(name, "cat.wasm", &[]);
+        spec.stdin = true;
+        readers.push(cri.run(&pod, spec).await.unwrap());
+    }
+    let hello = cri
+        .run(&pod, ContainerSpec::wasm("hello", "hello.wasm", &[]))
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&hello, EXIT_WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 0, "{st:?} {}", pod.log_text("hello"));
+    const GRACE: i64 = 20;
+    for id in &readers {
+        let s = cri.status(id).await.unwrap();
+        assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{s:?}");
+        let t = Instant::now();
+        cri.stop(id, GRACE).await.unwrap();
+        let took = t.elapsed();
+        let s = cri.status(id).await.unwrap();
+        assert_eq!(s.exit_code, 143, "{s:?}");
+        assert!(
+            took < Duration::from_secs(GRACE as u64 / 2),
+            "StopContainer took {took:?}: the guest waited out the grace period"
+        );
+    }
+    remove(&mut cri, &pod).await;
+}
+
+/// The unoptimised large module (e2e/workloads `big`, `/slow-compile.wasm` in the workloads
+/// image): seconds to compile in a debug shim.
+fn slow_module() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm-big/big.wasm")
+}
+
+/// Removes the node's compiled entries of a module, so the next start compiles it.
+fn forget_compiled(bed: &Bed, module: &Path) {
+    let digest = sha256_hex(&std::fs::read(module).unwrap());
+    for e in std::fs::read_dir(&bed.cache_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&digest) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// A Create that containerd gave up on (ctr's deadline passes while the module compiles;
+/// containerd then deletes the task and asks the shim to shut down) is undone when the
+/// compile ends: no container is left behind, unseen, keeping the shim alive.
+#[tokio::test]
+async fn a_create_containerd_gave_up_on_leaves_no_shim_behind() {
+    let _one = CACHE.lock().await;
+    let bed = Bed::from_env();
+    forget_compiled(&bed, &slow_module());
+    let id = unique("abandoned");
+    let (code, _, err) = bed
+        .ctr(
+            "default",
+            &[
+                "--timeout",
+                "2s",
+                "run",
+                "--runtime",
+                "io.containerd.wasmtime.v1",
+                WORKLOADS,
+                &id,
+                "/slow-compile.wasm",
+            ],
+        )
+        .unwrap();
+    let _ = bed.ctr("default", &["container", "rm", &id]);
+    assert_ne!(
+        code, 0,
+        "the compile must outlast ctr's deadline for this test to mean anything: {err}"
+    );
+    assert!(
+        eventually(Duration::from_secs(180), || shim_processes(&id).is_empty()).await,
+        "the shim of the abandoned container is still running: {:?}",
+        shim_processes(&id)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&id), "a mount of {id} is left:\n{mounts}");
+}
+
+/// While modules compile, the shim keeps answering the pod's other calls: two starts of a
+/// large module at once (as many as the shim has task-service threads here) do not hold up
+/// the stats of a running neighbour.
+#[tokio::test]
+async fn compiling_does_not_hold_up_the_pod_s_other_calls() {
+    let _one = CACHE.lock().await;
+    let (bed, mut cri) = connect().await;
+    forget_compiled(&bed, &slow_module());
+    let pod = cri.run_pod(&bed, "compiling", HANDLER).await.unwrap();
+    let neighbour = cri.run(&pod, sleeper()).await.unwrap();
+    let t = Instant::now();
+    let creates: Vec<_> = ["slow-1", "slow-2"]
+        .into_iter()
+        .map(|name| {
+            let pod = pod.clone();
+            tokio::spawn(async move {
+                let (_, mut cri) = connect().await;
+                // CRI creates the task, and so compiles, at StartContainer.
+                cri.run(&pod, ContainerSpec::wasm(name, "slow-compile.wasm", &[]))
+                    .await
+                    .map(|_| Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    cri.cpu_ns(&neighbour).await.expect("ContainerStats");
+    let answered = asked.elapsed();
+    let mut compiled = Duration::ZERO;
+    for c in creates {
+        let done = c.await.unwrap().expect("the large module starts");
+        compiled = compiled.max(done - t);
+    }
+    assert!(
+        compiled > Duration::from_secs(2),
+        "the compiles ({compiled:?}) must take long enough for this test to mean anything"
+    );
+    assert!(
+        answered < compiled / 2,
+        "ContainerStats took {answered:?} while the modules compiled for {compiled:?}"
+    );
+    remove(&mut cri, &pod).await;
+}
+
+/// A container with `runAsUser`/`runAsGroup` reads what that user may read, not what root
+/// may: the pod host runs its guest's file operations with the container's identity.
+#[tokio::test]
+async fn a_non_root_container_has_its_user_s_file_access_only() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let (bed, mut cri) = connect().await;
+    let dir = bed.scratch("run-as");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, owner) in [("root-only", 0), ("theirs", 4321)] {
+        let f = dir.join(name);
+        std::fs::write(&f, format!("{name} text\n")).unwrap();
+        chown(&f, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let pod = cri.run_pod(&bed, "run-as", HANDLER).await.unwrap();
+    for (i, (file, run_as, readable)) in [
+        ("root-only", Some((4321, 4321)), false),
+        ("theirs", Some((4321, 4321)), true),
+        ("root-only", None, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("reader-{i}");
+        let path = format!("/data/{file}");
+        let mut spec = ContainerSpec::wasm(&name, "readfile.wasm", &[&path]);
+        spec.mounts = vec![(dir.clone(), "/data".into(), true)];
+        spec.run_as = run_as;
+        let id = cri.run(&pod, spec).await.unwrap();
+        let st = cri.wait_exited(&id, EXIT_WAIT).await.unwrap();
+        let log = pod.log_text(&name);
+        if readable {
+            assert_eq!(st.exit_code, 0, "{file} as {run_as:?}: {log}");
+            assert!(log.contains(&format!("{file} text")), "{log}");
+        } else {
+            assert_eq!(st.exit_code, 1, "{file} as {run_as:?}: {log}");
+            assert!(log.contains("ermission denied"), "{log}");
+        }
+    }
+    remove(&mut cri, &pod).await;
+}

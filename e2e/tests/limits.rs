@@ -73,6 +73,92 @@ async fn memory_hog_is_oom_killed_and_its_neighbour_lives_on() {
     cri.remove_pod(&pod).await.unwrap();
 }
 
+/// The kernel holds the pod host's whole process to the pod cgroup's limit (the containers'
+/// limits plus the RuntimeClass overhead), and kills the whole shim, every container of the
+/// pod with it, when that is full. The engine must deny the guest first: the hog alone ends
+/// OOMKilled, its neighbour and the shim live on.
+#[tokio::test]
+async fn the_pod_cgroup_limit_stops_the_guest_not_the_shim() {
+    let (bed, mut cri) = connect().await;
+    // The chart's default overhead for the pod host.
+    let cgroup = LimitedPodCgroup::new("oom-pod", (32 << 20) + (2 << 20));
+    let pod = cri
+        .run_pod_in(&bed, "oom-pod", HANDLER, &cgroup.parent)
+        .await
+        .unwrap();
+    let neighbour = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("neighbour", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    let hog = cri
+        .run(&pod, limited("hog", "memhog.wasm", &[], 32 << 20, 0))
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&hog, WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 137, "{st:?} {}", pod.log_text("hog"));
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    assert!(
+        pod.log_text("hog").contains("allocated 8 MiB"),
+        "the hog got memory: {}",
+        pod.log_text("hog")
+    );
+    let n = cri.status(&neighbour).await.unwrap();
+    assert_eq!(
+        n.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        "the neighbour lives on: {n:?}"
+    );
+    assert_eq!(shim_processes(&pod.id).len(), 1, "the pod's shim lives on");
+    cri.stop(&neighbour, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+    assert_shim_gone(&pod.id).await;
+}
+
+/// A guest that leaks descriptors meets its container's `RLIMIT_NOFILE` (containerd's
+/// default spec: 1024), not the shim's: it ends with a clear trap, and its neighbour in the
+/// pod, sharing the shim's descriptors, keeps working.
+#[tokio::test]
+async fn a_descriptor_leak_meets_the_container_limit() {
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "fd-leak", HANDLER).await.unwrap();
+    let neighbour = cri
+        .run(
+            &pod,
+            ContainerSpec::wasm("neighbour", "sleep.wasm", &["3600"]),
+        )
+        .await
+        .unwrap();
+    let hog = cri
+        .run(&pod, ContainerSpec::wasm("hog", "fdhog.wasm", &[]))
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&hog, WAIT).await.unwrap();
+    let log = pod.log_text("hog");
+    assert_ne!(st.exit_code, 0, "{st:?} {log}");
+    assert!(
+        log.contains("holding 768 files"),
+        "the guest could open files: {log}"
+    );
+    assert!(!log.contains("holding 2048 files"), "the limit held: {log}");
+    assert!(log.contains("resource table"), "the error says why: {log}");
+    let n = cri.status(&neighbour).await.unwrap();
+    assert_eq!(
+        n.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32
+    );
+    let after = cri
+        .run(&pod, ContainerSpec::wasm("after", "hello.wasm", &[]))
+        .await
+        .unwrap();
+    let st = cri.wait_exited(&after, WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 0, "{st:?} {}", pod.log_text("after"));
+    cri.stop(&neighbour, 0).await.unwrap();
+    cri.remove_pod(&pod).await.unwrap();
+}
+
 #[tokio::test]
 async fn memory_within_the_limit_is_fine() {
     let (bed, mut cri) = connect().await;

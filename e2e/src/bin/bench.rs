@@ -17,6 +17,10 @@ async fn main() -> Result<()> {
     let bed = Bed::from_env();
     let mut cri = Cri::connect(&bed.socket).await?;
     cri.poll = Duration::from_millis(2);
+    // `bench pod-charge`: only the pod cgroup figure (what the chart's overhead is set from).
+    if std::env::args().nth(1).as_deref() == Some("pod-charge") {
+        return pod_cgroup_charge(&bed, &mut cri).await;
+    }
     println!(
         "wasmpod bench: containerd {}, {RUNS} runs each after {WARMUP} warm-up runs",
         bed.version
@@ -127,6 +131,41 @@ async fn main() -> Result<()> {
         isolated_pss as f64 / 1024.0,
         runc_pss as f64 / 1024.0
     );
+    pod_cgroup_charge(&bed, &mut cri).await?;
+    Ok(())
+}
+
+/// What the pod host charges to a pod's cgroup beyond its guests' memory: what the
+/// RuntimeClass's `overhead.podFixed.memory` must cover (the kubelet sets the pod cgroup's
+/// limit to the containers' limits plus it). One pod with an idle container and one holding
+/// 16 MiB; the guests' own memory is what ContainerStats reports for them.
+async fn pod_cgroup_charge(bed: &Bed, cri: &mut Cri) -> Result<()> {
+    let cgroup = LimitedPodCgroup::new("charge", 1 << 30);
+    let pod = cri
+        .run_pod_in(bed, "charge", HANDLER, &cgroup.parent)
+        .await?;
+    let idle = cri
+        .run(&pod, ContainerSpec::wasm("idle", "sleep.wasm", &["3600"]))
+        .await?;
+    pod.wait_log("idle", "sleeping", Duration::from_secs(30))
+        .await?;
+    let (idle_usage, _) = cgroup.memory_usage()?;
+    let idle_guest = cri.memory_bytes(&idle).await?;
+    let hog = cri
+        .run(&pod, ContainerSpec::wasm("hog", "memhog.wasm", &["16"]))
+        .await?;
+    pod.wait_log("hog", "holding 16 MiB", Duration::from_secs(30))
+        .await?;
+    let (usage, peak) = cgroup.memory_usage()?;
+    let guests = idle_guest + cri.memory_bytes(&hog).await?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "pod cgroup charge of the pod host beyond its guests' memory (what overhead.podFixed.memory must cover): {:.2} MiB with one idle container, {:.2} MiB with a second holding 16 MiB (peak {:.2} MiB)",
+        mib(idle_usage.saturating_sub(idle_guest)),
+        mib(usage.saturating_sub(guests)),
+        mib(peak.saturating_sub(guests)),
+    );
+    cri.remove_pod(&pod).await?;
     Ok(())
 }
 

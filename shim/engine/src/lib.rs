@@ -5,6 +5,7 @@
 
 pub mod cache;
 mod http;
+mod identity;
 mod meter;
 
 use std::fs::File;
@@ -16,14 +17,15 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Linker, Module, Store, UpdateDeadline};
-use wasmtime_wasi::cli::{InputFile, OutputFile};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream, InputFile, OutputFile};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::Outcome;
 pub use http::{HttpConfig, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
-pub use meter::{host_reserve, Limits, Meter};
+pub use identity::Identity;
+pub use meter::{host_reserve, Limits, MemorySource, Meter, ProcessMemory, PROCESS_MARGIN};
 use meter::{TaskClock, Turn};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -50,6 +52,8 @@ pub enum EngineError {
     Cache(#[from] cache::CacheError),
     #[error("cannot open preopened directory {path}: {reason}")]
     Preopen { path: PathBuf, reason: String },
+    #[error("cannot use the container's stdio FIFO: {0}")]
+    Stdio(#[source] std::io::Error),
 }
 
 /// A compiled guest: a core module (a WASI preview 1 command), a component that is a WASI
@@ -89,6 +93,24 @@ pub struct GuestContext {
     pub stdout: Option<File>,
     pub stderr: Option<File>,
     pub preopens: Vec<Preopen>,
+    /// The container's `RLIMIT_NOFILE` (soft); None: [`DEFAULT_OPEN_FILES`].
+    pub open_files: Option<u64>,
+    /// The container's user: the guest's file access is theirs. None: the host's own.
+    pub identity: Option<Identity>,
+}
+
+/// The descriptor limit of a container whose spec sets none, as containerd's default spec.
+pub const DEFAULT_OPEN_FILES: u64 = 1024;
+
+/// A guest's descriptors are entries of its resource table, beside the few its stdio,
+/// preopens and a call's pollables and streams take: the table holds the container's limit
+/// plus these. A guest past it gets a trap naming the full table, and the shim's own
+/// descriptors, shared by the pod, are never used up by one guest.
+const TABLE_SLACK: u64 = 64;
+
+fn table_capacity(open_files: Option<u64>) -> usize {
+    let files = open_files.unwrap_or(DEFAULT_OPEN_FILES);
+    usize::try_from(files.saturating_add(TABLE_SLACK)).unwrap_or(usize::MAX)
 }
 
 /// How a guest ended.
@@ -329,12 +351,21 @@ impl Engine {
     /// then drop the future) stops even a guest that never calls the host within one tick.
     pub async fn run(&self, program: &Program, ctx: GuestContext, meter: Arc<Meter>) -> Exit {
         let stderr = ctx.stderr.as_ref().and_then(|f| f.try_clone().ok());
+        let capacity = table_capacity(ctx.open_files);
+        if let Some(identity) = &ctx.identity {
+            if let Err(e) = meter.set_identity(identity.clone()) {
+                return fail(stderr, format!("cannot run as the container's user: {e}"));
+            }
+        }
+        // The preopens themselves are opened with the shim's access: their paths on the node
+        // (containerd's bundle directories) are not the container's to search. What the guest
+        // opens inside them is checked with its own identity.
         let builder = match wasi_builder(ctx) {
             Ok(b) => b,
             Err(e) => return fail(stderr, e.to_string()),
         };
         let clock = Arc::new(TaskClock::default());
-        let call = self.call(program, builder, meter.clone(), clock.clone());
+        let call = self.call(program, builder, capacity, meter.clone(), clock.clone());
         let result = meter::Metered::new(meter.clone(), clock, self.cpu.clone(), call).await;
         let exit = match result {
             Ok(code) => Exit::Code(code),
@@ -359,13 +390,16 @@ impl Engine {
         &self,
         program: &Program,
         mut builder: WasiCtxBuilder,
+        table_capacity: usize,
         meter: Arc<Meter>,
         clock: Arc<TaskClock>,
     ) -> wasmtime::Result<i32> {
         match program {
             Program::Module(module) => {
+                let mut wasi = builder.build_p1();
+                wasi.ctx().table.set_max_capacity(table_capacity);
                 let state = ModuleState {
-                    wasi: builder.build_p1(),
+                    wasi,
                     limiter: meter::Limiter::new(meter.clone()),
                 };
                 let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
@@ -375,10 +409,12 @@ impl Engine {
                 Ok(0)
             }
             Program::Component(pre) => {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(table_capacity);
                 let state = ComponentState {
                     wasi: builder.build(),
                     http: WasiHttpCtx::new(),
-                    table: ResourceTable::new(),
+                    table,
                     limiter: meter::Limiter::new(meter.clone()),
                 };
                 let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
@@ -473,19 +509,33 @@ fn build_engine() -> Result<wasmtime::Engine, EngineError> {
 
 fn wasi_builder(ctx: GuestContext) -> Result<WasiCtxBuilder, EngineError> {
     let mut b = WasiCtxBuilder::new();
+    // File operations on the guest's thread, so they are checked with the identity it has
+    // while it runs, not on a pool thread with root's (see `identity`).
+    b.allow_blocking_current_thread(ctx.identity.as_ref().is_some_and(|i| !i.is_root()));
     b.args(&ctx.args);
     b.envs(&ctx.env);
     if let Some(cwd) = &ctx.cwd {
         b.initial_cwd(cwd);
     }
     if let Some(f) = ctx.stdin {
-        b.stdin(InputFile::new(f));
+        if is_fifo(&f) {
+            let rx = tokio::net::unix::pipe::Receiver::from_file(f).map_err(EngineError::Stdio)?;
+            b.stdin(AsyncStdinStream::new(rx));
+        } else {
+            b.stdin(InputFile::new(f));
+        }
     }
     if let Some(f) = ctx.stdout {
-        b.stdout(OutputFile::new(f));
+        match output(f)? {
+            Output::Fifo(s) => b.stdout(s),
+            Output::File(s) => b.stdout(s),
+        };
     }
     if let Some(f) = ctx.stderr {
-        b.stderr(OutputFile::new(f));
+        match output(f)? {
+            Output::Fifo(s) => b.stderr(s),
+            Output::File(s) => b.stderr(s),
+        };
     }
     for p in &ctx.preopens {
         let perms = if p.read_only {
@@ -500,6 +550,33 @@ fn wasi_builder(ctx: GuestContext) -> Result<WasiCtxBuilder, EngineError> {
             })?;
     }
     Ok(b)
+}
+
+/// Bytes of a guest's output the host holds while the reader catches up.
+const OUTPUT_BUDGET: usize = 64 << 10;
+
+/// containerd hands a guest FIFOs for its stdio. They are read and written through the
+/// executor without ever blocking a thread: a guest waiting on a stdin nobody writes, or on a
+/// stdout nobody drains, then waits like any other I/O, can be stopped, and leaves the threads
+/// to the pod's other guests. Regular files (`file://` logs) never block for long and are
+/// written directly.
+fn is_fifo(f: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    f.metadata().is_ok_and(|m| m.file_type().is_fifo())
+}
+
+enum Output {
+    Fifo(AsyncStdoutStream),
+    File(OutputFile),
+}
+
+fn output(f: File) -> Result<Output, EngineError> {
+    if is_fifo(&f) {
+        let tx = tokio::net::unix::pipe::Sender::from_file(f).map_err(EngineError::Stdio)?;
+        Ok(Output::Fifo(AsyncStdoutStream::new(OUTPUT_BUDGET, tx)))
+    } else {
+        Ok(Output::File(OutputFile::new(f)))
+    }
 }
 
 /// Writes the reason a guest failed to its stderr, where `kubectl logs` shows it.

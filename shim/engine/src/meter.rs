@@ -4,6 +4,9 @@
 //!
 //! - Memory: every memory and table grow is charged; a grow past the limit is denied, and a
 //!   guest that then fails ends as if the OOM killer had struck (exit 137, an OOM event).
+//!   Where the whole process is held to a limit of its own (the pod host lives in the pod's
+//!   cgroup), a grow is also denied when the process would pass that limit: the kernel would
+//!   otherwise take the memory back by killing the process, with every guest in it.
 //! - CPU: the thread CPU time of every poll of the guest's future is charged. A CPU quota is a
 //!   token bucket filled at `quota / period` cores; when the epoch callback finds it empty, the
 //!   guest yields and sleeps until it is refilled, so over time it gets exactly its share.
@@ -16,9 +19,11 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use crate::identity::{AsIdentity, Identity};
 
 /// Bytes kept out of a container's memory limit for what the host holds on the guest's
 /// behalf (WASI state, I/O buffers): a sixteenth of the limit, at least 1 MiB, at most 8 MiB.
@@ -76,6 +81,10 @@ pub struct Meter {
     stepping_aside: AtomicBool,
     /// The host wants the guest's future back (a kill): yield at the next tick.
     interrupted: AtomicBool,
+    /// The limit of the process the guest runs in, shared with its other guests.
+    process: OnceLock<Arc<ProcessMemory>>,
+    /// The container's user, whose file access the guest has while it runs.
+    identity: OnceLock<Identity>,
 }
 
 impl Meter {
@@ -105,6 +114,23 @@ impl Meter {
             .filter(|s| *s > 0)
             .unwrap_or(DEFAULT_SHARES);
         self.shares.store(shares, Ordering::Relaxed);
+    }
+
+    /// Holds the guest's grows to the process's own limit too (see [`ProcessMemory`]). Set
+    /// once, before the guest runs.
+    pub fn set_process_memory(&self, process: Arc<ProcessMemory>) {
+        let _ = self.process.set(process);
+    }
+
+    /// Gives the guest the file access of `identity` on every poll (see [`Identity`]); root's
+    /// is the shim's own and changes nothing. Fails if this thread cannot take it.
+    pub fn set_identity(&self, identity: Identity) -> std::io::Result<()> {
+        if identity.is_root() {
+            return Ok(());
+        }
+        drop(AsIdentity::enter(&identity)?);
+        let _ = self.identity.set(identity);
+        Ok(())
     }
 
     /// Makes the guest yield to the executor at its next epoch tick, so whoever holds its
@@ -210,7 +236,16 @@ impl<F: Future> Future for Metered<F> {
         if self.meter.waiting.swap(false, Ordering::Relaxed) {
             self.group.picked_up();
         }
+        // `set_identity` proved this works; a thread that then cannot must not run the
+        // guest with root's access.
+        let identity = self.meter.identity.get().map(|id| {
+            AsIdentity::enter(id).unwrap_or_else(|e| {
+                tracing::error!("a guest thread cannot take the container's identity: {e}");
+                std::process::abort()
+            })
+        });
         let out = self.inner.as_mut().poll(cx);
+        drop(identity);
         let spent = thread_cpu_ns().saturating_sub(before);
         self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);
         self.clock.done.fetch_add(spent, Ordering::Relaxed);
@@ -417,12 +452,29 @@ impl Limiter {
 
     fn grow(&mut self, bytes: u64) -> bool {
         let cap = self.meter.memory_cap.load(Ordering::Relaxed);
-        let total = self.meter.memory.load(Ordering::Relaxed);
-        if cap != 0 && total.saturating_add(bytes) > cap {
+        // One atomic step, so that concurrent grows (an HTTP guest's instances) cannot
+        // together pass the cap.
+        let charged = self
+            .meter
+            .memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                let after = total.saturating_add(bytes);
+                (cap == 0 || after <= cap).then_some(after)
+            })
+            .is_ok();
+        let allowed = charged
+            && self
+                .meter
+                .process
+                .get()
+                .is_none_or(|process| process.grant(bytes));
+        if !allowed {
+            if charged {
+                self.meter.memory.fetch_sub(bytes, Ordering::Relaxed);
+            }
             self.meter.oom.store(true, Ordering::Relaxed);
             return false;
         }
-        self.meter.memory.fetch_add(bytes, Ordering::Relaxed);
         self.held += bytes;
         true
     }
@@ -454,6 +506,72 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 }
 
+/// What the kernel says of the memory limits the whole process is held to.
+pub trait MemorySource: Send + Sync {
+    /// The tightest of the process's limits as (limit, usage) in bytes, or None when the
+    /// process has none. `precise` asks for usage without the page cache the kernel would
+    /// reclaim before it kills anyone (dearer to read; asked only when memory looks short).
+    fn reading(&self, precise: bool) -> Option<(u64, u64)>;
+}
+
+/// Bytes kept free below the process's limit for what the host allocates between two grows
+/// (buffers, requests, logs).
+pub const PROCESS_MARGIN: u64 = 1 << 20;
+
+/// The process's own memory limit, shared by all its guests: a grow is granted only while the
+/// kernel's usage, plus what was granted but may not yet be touched, plus the grow, stays
+/// [`PROCESS_MARGIN`] below the limit. Grants are made one at a time, so two guests cannot
+/// both take the last free bytes.
+pub struct ProcessMemory {
+    source: Box<dyn MemorySource>,
+    ledger: Mutex<Ledger>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Bytes granted that the kernel's usage may not show yet: a grow only reserves pages,
+    /// and they are charged when the guest first touches them.
+    untouched: u64,
+    /// The usage at the previous grant: its rise since is taken as granted pages touched.
+    usage: u64,
+}
+
+impl std::fmt::Debug for ProcessMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessMemory").finish_non_exhaustive()
+    }
+}
+
+impl ProcessMemory {
+    pub fn new(source: Box<dyn MemorySource>) -> Self {
+        ProcessMemory {
+            source,
+            ledger: Mutex::default(),
+        }
+    }
+
+    fn grant(&self, bytes: u64) -> bool {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((limit, usage)) = self.source.reading(false) else {
+            return true;
+        };
+        ledger.untouched = ledger
+            .untouched
+            .saturating_sub(usage.saturating_sub(ledger.usage));
+        ledger.usage = usage;
+        let needed = ledger
+            .untouched
+            .saturating_add(bytes)
+            .saturating_add(PROCESS_MARGIN);
+        let fits = |(limit, usage): (u64, u64)| usage.saturating_add(needed) <= limit;
+        let granted = fits((limit, usage)) || self.source.reading(true).is_none_or(fits);
+        if granted {
+            ledger.untouched = ledger.untouched.saturating_add(bytes);
+        }
+        granted
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +598,104 @@ mod tests {
         assert_eq!(meter.memory_bytes(), 16 << 20);
         drop(l);
         assert_eq!(meter.memory_bytes(), 0);
+    }
+
+    /// A process limit whose readings the test sets: (limit, usage, usage without cache).
+    #[derive(Default)]
+    struct FakeCgroup(Mutex<(u64, u64, u64)>);
+
+    impl MemorySource for Arc<FakeCgroup> {
+        fn reading(&self, precise: bool) -> Option<(u64, u64)> {
+            let (limit, usage, working) = *self.0.lock().unwrap();
+            Some((limit, if precise { working } else { usage }))
+        }
+    }
+
+    fn in_process(cgroup: &Arc<FakeCgroup>) -> Arc<Meter> {
+        let meter = Arc::new(Meter::new(Limits::default()));
+        meter.set_process_memory(Arc::new(ProcessMemory::new(Box::new(cgroup.clone()))));
+        meter
+    }
+
+    #[test]
+    fn the_process_limit_denies_what_the_kernel_would_kill_for() {
+        const MIB: u64 = 1 << 20;
+        let cgroup = Arc::new(FakeCgroup::default());
+        *cgroup.0.lock().unwrap() = (40 * MIB, 10 * MIB, 10 * MIB);
+        let meter = in_process(&cgroup);
+        let mut l = Limiter::new(meter.clone());
+        // 10 MiB used, 40 MiB limit, 1 MiB margin: 29 MiB fit, 30 do not.
+        assert!(!l.memory_growing(0, 30 << 20, None).unwrap());
+        assert!(meter.out_of_memory());
+        assert_eq!(meter.memory_bytes(), 0, "a denied grow is not charged");
+        assert!(l.memory_growing(0, 20 << 20, None).unwrap());
+        // Granted but untouched: the kernel shows no more, yet 20 MiB are spoken for.
+        assert!(!l.memory_growing(20 << 20, 30 << 20, None).unwrap());
+        // Once the guest has touched them, only the usage counts.
+        *cgroup.0.lock().unwrap() = (40 * MIB, 30 * MIB, 30 * MIB);
+        assert!(l.memory_growing(20 << 20, 29 << 20, None).unwrap());
+        assert!(!l.memory_growing(29 << 20, 30 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn guests_of_one_process_share_its_limit() {
+        const MIB: u64 = 1 << 20;
+        let cgroup = Arc::new(FakeCgroup::default());
+        *cgroup.0.lock().unwrap() = (40 * MIB, 10 * MIB, 10 * MIB);
+        let process = Arc::new(ProcessMemory::new(Box::new(cgroup.clone())));
+        let (a, b) = (
+            Arc::new(Meter::new(Limits::default())),
+            Arc::new(Meter::new(Limits::default())),
+        );
+        a.set_process_memory(process.clone());
+        b.set_process_memory(process);
+        let (mut la, mut lb) = (Limiter::new(a), Limiter::new(b.clone()));
+        assert!(la.memory_growing(0, 16 << 20, None).unwrap());
+        assert!(
+            !lb.memory_growing(0, 16 << 20, None).unwrap(),
+            "29 MiB free, 32 asked"
+        );
+        assert!(b.out_of_memory());
+        assert!(lb.memory_growing(0, 12 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn reclaimable_cache_does_not_deny() {
+        const MIB: u64 = 1 << 20;
+        let cgroup = Arc::new(FakeCgroup::default());
+        *cgroup.0.lock().unwrap() = (40 * MIB, 38 * MIB, 8 * MIB);
+        let mut l = Limiter::new(in_process(&cgroup));
+        assert!(l.memory_growing(0, 16 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn concurrent_grows_cannot_pass_the_cap_together() {
+        let meter = Arc::new(Meter::new(Limits {
+            memory: Some(64 << 20),
+            ..Default::default()
+        }));
+        let cap = meter.memory_cap.load(Ordering::Relaxed);
+        let granted: u64 = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let meter = meter.clone();
+                    s.spawn(move || {
+                        let mut l = Limiter::new(meter);
+                        let mut mine = 0;
+                        for _ in 0..10_000 {
+                            if l.grow(4096) {
+                                mine += 4096;
+                            }
+                        }
+                        std::mem::forget(l);
+                        mine
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert!(granted <= cap, "{granted} granted over a cap of {cap}");
+        assert_eq!(meter.memory_bytes(), granted);
     }
 
     #[test]

@@ -298,3 +298,98 @@ fn precompiled_artifacts_run_in_another_engine() {
         Err(EngineError::NotWasm)
     ));
 }
+
+/// Writes 4 KiB to stdout without end.
+const FLOOD: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 4096))
+    (loop $l
+      (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $l))))"#;
+
+/// Reads stdin until it ends.
+const DRAIN_STDIN: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 1024))
+    (loop $l
+      (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br_if $l (i32.load (i32.const 8))))))"#;
+
+fn fifo(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let path = dir.join("fifo");
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    path
+}
+
+/// Runs the guest on a runtime of one thread and stops it after a moment, as a kill does
+/// (the future is dropped). If the guest's stdio blocked that thread, the stop could never
+/// run: the test then fails instead of hanging.
+fn stopped_on_one_thread(bytes: &[u8], ctx: GuestContext) {
+    let e = engine();
+    let program = e.compile(bytes).expect("compile");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = rt.block_on(async {
+            tokio::select! {
+                exit = e.run(&program, ctx, Arc::new(Meter::default())) => format!("{exit:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => "stopped".to_string(),
+            }
+        });
+        let _ = tx.send(outcome);
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("stopped"),
+        "the guest's stdio held the executor's only thread"
+    );
+}
+
+#[test]
+fn a_guest_writing_to_an_undrained_fifo_parks_no_thread() {
+    let dir = tempdir();
+    // Read-write, as the pod host opens containerd's stdout FIFO: a reader exists (this very
+    // descriptor), and nobody reads, so the pipe fills.
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fifo(&dir))
+        .unwrap();
+    let ctx = GuestContext {
+        stdout: Some(out),
+        ..Default::default()
+    };
+    stopped_on_one_thread(&wat(FLOOD), ctx);
+}
+
+#[test]
+fn a_guest_reading_a_silent_stdin_parks_no_thread() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempdir();
+    let path = fifo(&dir);
+    let stdin = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    // A writer that never writes, as containerd holds stdin open with nothing attached.
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let ctx = GuestContext {
+        stdin: Some(stdin),
+        ..Default::default()
+    };
+    stopped_on_one_thread(&wat(DRAIN_STDIN), ctx);
+    drop(writer);
+}

@@ -149,6 +149,17 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, S
     }))
 }
 
+/// The container's descriptor limit (`RLIMIT_NOFILE`, soft), when its spec sets one.
+pub fn open_files(spec: &Spec) -> Option<u64> {
+    spec.process()
+        .as_ref()?
+        .rlimits()
+        .as_ref()?
+        .iter()
+        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile)
+        .map(|r| r.soft())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,9 @@ fn prepare(spec: &Spec, module: Option<&Vec<u8>>) -> Result<Prepared, String> {
             guest: "/".into(),
             read_only: false,
         }],
+        open_files: command::open_files(spec),
+        // runc (youki) made this process the container's user already.
+        identity: None,
     };
     Ok((Arc::new(engine), program, ctx, http))
 }

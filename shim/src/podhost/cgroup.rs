@@ -21,6 +21,8 @@ pub struct PodCgroup {
     origins: Vec<(PathBuf, String)>,
     /// Directories created by the shim, parents first.
     created: Vec<PathBuf>,
+    /// The memory controller's hierarchy and the joined cgroup in it, when one is mounted.
+    memory: Option<(PathBuf, PathBuf)>,
 }
 
 /// Joins the cgroup named by `cgroups_path`, or returns why not.
@@ -38,11 +40,12 @@ pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
     let mut joined = PodCgroup {
         origins: Vec::new(),
         created: Vec::new(),
+        memory: None,
     };
-    for (mount, origin) in hierarchies()?.into_iter().filter_map(|(mount, key)| {
+    for (mount, key, origin) in hierarchies()?.into_iter().filter_map(|(mount, key)| {
         own.iter()
             .find(|(k, _)| *k == key)
-            .map(|(_, path)| (mount, path.clone()))
+            .map(|(_, path)| (mount, key.clone(), path.clone()))
     }) {
         let target = mount.join(rel);
         let mut missing = Vec::new();
@@ -61,6 +64,11 @@ pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
             joined.leave();
             return Err(format!("cannot join {}: {e}", target.display()));
         }
+        let is_memory = key.split(',').any(|c| c == "memory")
+            || (key.is_empty() && target.join("memory.max").exists());
+        if is_memory {
+            joined.memory = Some((mount.clone(), target.clone()));
+        }
         joined.origins.push((mount, origin));
     }
     if joined.origins.is_empty() {
@@ -70,6 +78,20 @@ pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
 }
 
 impl PodCgroup {
+    /// The memory limits the kubelet set on the pod (and its parents) that this process is
+    /// now held to, or None when none is set.
+    pub fn memory_limits(&self) -> Option<MemoryLimits> {
+        let (mount, target) = self.memory.as_ref()?;
+        let v2 = target.join("memory.max").exists();
+        let dirs: Vec<PathBuf> = target
+            .ancestors()
+            .take_while(|d| d.starts_with(mount))
+            .filter(|d| read_limit(d, v2).is_some())
+            .map(Path::to_path_buf)
+            .collect();
+        (!dirs.is_empty()).then_some(MemoryLimits { dirs, v2 })
+    }
+
     /// Moves the shim back where it came from and removes what it created, so nothing of the
     /// pod stays behind.
     pub fn leave(&mut self) {
@@ -92,6 +114,71 @@ impl PodCgroup {
                 Ok(()) => {}
             }
         }
+    }
+}
+
+/// The memory cgroups with a limit from the pod's up to the hierarchy's root, read at every
+/// guest memory grow: the kernel kills the whole shim when the pod's cgroup is full, so the
+/// engine must refuse a guest the memory first (see `engine::ProcessMemory`).
+#[derive(Debug)]
+pub struct MemoryLimits {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+/// v1 reports "no limit" as the largest page-aligned value; anything this large is none.
+const UNLIMITED: u64 = 1 << 62;
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn read_limit(dir: &Path, v2: bool) -> Option<u64> {
+    let file = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    read_u64(&dir.join(file)).filter(|l| *l < UNLIMITED)
+}
+
+/// The page cache the kernel reclaims before it kills: what the kubelet's "working set"
+/// leaves out of usage too.
+fn inactive_file(dir: &Path, v2: bool) -> u64 {
+    let key = if v2 {
+        "inactive_file"
+    } else {
+        "total_inactive_file"
+    };
+    fs::read_to_string(dir.join("memory.stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+        })
+        .unwrap_or(0)
+}
+
+impl crate::engine::MemorySource for MemoryLimits {
+    fn reading(&self, precise: bool) -> Option<(u64, u64)> {
+        let usage_file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        self.dirs
+            .iter()
+            .filter_map(|dir| {
+                let limit = read_limit(dir, self.v2)?;
+                let mut usage = read_u64(&dir.join(usage_file))?;
+                if precise {
+                    usage = usage.saturating_sub(inactive_file(dir, self.v2));
+                }
+                Some((limit, usage))
+            })
+            .min_by_key(|(limit, usage)| limit.saturating_sub(*usage))
     }
 }
 
@@ -232,6 +319,42 @@ mod tests {
             let cpus = std::fs::read_to_string(mount.join(dir).join("cpuset.cpus")).unwrap();
             assert_eq!(cpus, "0-1", "{dir}");
         }
+    }
+
+    #[test]
+    fn memory_limits_are_read_from_the_tightest_cgroup() {
+        use crate::engine::MemorySource;
+        let t = tempfile::tempdir().unwrap();
+        let mount = t.path();
+        let put = |dir: &str, limit: &str, usage: u64, inactive: u64| {
+            let d = mount.join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.limit_in_bytes"), limit).unwrap();
+            std::fs::write(d.join("memory.usage_in_bytes"), usage.to_string()).unwrap();
+            std::fs::write(
+                d.join("memory.stat"),
+                format!("cache 5\ntotal_inactive_file {inactive}\ntotal_rss 1\n"),
+            )
+            .unwrap();
+        };
+        put("", "9223372036854771712\n", 900 << 20, 0);
+        put("kubepods", "2147483648\n", 800 << 20, 0);
+        put("kubepods/pod1", "41943040\n", 30 << 20, 8 << 20);
+        put(
+            "kubepods/pod1/sandbox",
+            "9223372036854771712\n",
+            30 << 20,
+            8 << 20,
+        );
+        let cgroup = PodCgroup {
+            origins: Vec::new(),
+            created: Vec::new(),
+            memory: Some((mount.to_path_buf(), mount.join("kubepods/pod1/sandbox"))),
+        };
+        let limits = cgroup.memory_limits().expect("limits");
+        assert_eq!(limits.dirs.len(), 2, "{limits:?}");
+        assert_eq!(limits.reading(false), Some((40 << 20, 30 << 20)));
+        assert_eq!(limits.reading(true), Some((40 << 20, 22 << 20)));
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl Shim for PodShim {
             if let Err(e) = crate::logger::init(args.debug) {
                 eprintln!("cannot open the shim log: {e}");
             }
+            raise_open_files_limit();
         }
         PodShim {
             namespace: args.namespace.clone(),
@@ -101,5 +102,28 @@ impl Shim for PodShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         Service::new(&self.namespace, &self.address, publisher, self.exit.clone())
+    }
+}
+
+/// The pod's containers share this process's descriptors, and each is held to its own
+/// `RLIMIT_NOFILE` inside the engine: the process itself may use what the node allows, so
+/// that the pod's containers together, not one of them, reach the kernel's limit.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "cannot raise the open files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }

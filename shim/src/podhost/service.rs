@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use super::cgroup::{self, PodCgroup};
 use super::spec;
-use crate::engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Program};
+use crate::engine::{Engine, Exit, GuestContext, HttpConfig, Meter, ProcessMemory, Program};
 use crate::error::Error;
 use crate::image::{Containerd, ImageError};
 use wasmpod_oci::{LookupError, SizeBound};
@@ -121,6 +121,12 @@ struct Inner {
     exit: Arc<ExitSignal>,
     /// The pod's cgroup, once the shim has joined it.
     cgroup: Mutex<Option<PodCgroup>>,
+    /// The pod cgroup's memory limit, which every guest's grows are held to as well.
+    pod_memory: OnceLock<Arc<ProcessMemory>>,
+    /// Containers being created, and whether containerd deleted them meanwhile (it gives up
+    /// on a Create that takes too long, e.g. a long compile, and cleans up): such a container
+    /// is undone when its Create ends rather than kept, unseen, keeping the shim alive.
+    creating: Mutex<HashMap<String, bool>>,
     /// The pod's network namespace, as the sandbox's spec names it.
     pod_netns: Mutex<Option<PathBuf>>,
 }
@@ -143,6 +149,8 @@ impl Service {
                 publisher,
                 exit,
                 cgroup: Mutex::new(None),
+                pod_memory: OnceLock::new(),
+                creating: Mutex::new(HashMap::new()),
                 pod_netns: Mutex::new(None),
             }),
         }
@@ -243,6 +251,88 @@ impl Service {
         .await;
     }
 
+    fn creating(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.inner
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn finish_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        let result = self.do_create(&req).await;
+        let container = {
+            let mut containers = self.containers();
+            let deleted = self.creating().remove(&req.id).unwrap_or(false);
+            match result {
+                Ok(container) if !deleted => {
+                    containers.insert(req.id.clone(), container);
+                    None
+                }
+                Ok(container) => Some(container),
+                Err(e) => {
+                    tracing::warn!("create failed: {e}");
+                    drop(containers);
+                    if deleted {
+                        self.exit_if_idle();
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        if let Some(container) = container {
+            tracing::warn!("containerd deleted the container while it was being created; undone");
+            if let Some(r) = &container.mounted_rootfs {
+                unmount(r);
+            }
+            drop(container);
+            self.exit_if_idle();
+            return Err(Error::NotFound(format!(
+                "container {} was deleted while it was being created",
+                req.id
+            )));
+        }
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: self.inner.pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(CreateTaskResponse {
+            pid: self.inner.pid,
+            ..Default::default()
+        })
+    }
+
+    /// The shim serves the whole pod: it goes once no container is left or being created.
+    fn exit_if_idle(&self) {
+        let containers = self.containers();
+        if !containers.is_empty() || !self.creating().is_empty() {
+            return;
+        }
+        if let Some(mut c) = self
+            .inner
+            .cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            c.leave();
+        }
+        self.inner.exit.signal();
+    }
+
     async fn do_create(&self, req: &CreateTaskRequest) -> Result<Container> {
         if req.terminal {
             return Err(Error::InvalidArgument(
@@ -273,6 +363,9 @@ impl Service {
         }
         if spec::is_sandbox(&spec) {
             return Ok(container);
+        }
+        if let Some(pod) = self.inner.pod_memory.get() {
+            container.meter.set_process_memory(pod.clone());
         }
 
         let rootfs = spec::rootfs(&spec, bundle);
@@ -337,6 +430,12 @@ impl Service {
             ))
         })?;
         tracing::info!(path = %path.display(), "joined the pod cgroup");
+        if let Some(limits) = c.memory_limits() {
+            let _ = self
+                .inner
+                .pod_memory
+                .set(Arc::new(ProcessMemory::new(Box::new(limits))));
+        }
         *slot = Some(c);
         Ok(())
     }
@@ -349,9 +448,12 @@ impl Service {
         req: &CreateTaskRequest,
     ) -> Result<Prepared> {
         let (name, bytes) = self.module(id, spec, rootfs).await?;
-        let (program, outcome) = self
-            .engine()?
-            .compile_cached(&bytes)
+        // Compiling takes seconds for a large module: on a thread of its own, so that the task
+        // service keeps answering the pod's other calls meanwhile.
+        let engine = self.engine()?;
+        let (program, outcome) = tokio::task::spawn_blocking(move || engine.compile_cached(&bytes))
+            .await
+            .map_err(|e| Error::Internal(format!("compiling module {name}: {e}")))?
             .map_err(|e| Error::InvalidArgument(format!("module {name}: {e}")))?;
         tracing::debug!(id, module = %name, kind = program.kind(), ?outcome, "module ready");
         let env = spec::env(spec);
@@ -364,6 +466,8 @@ impl Service {
             stdout: open_output(&req.stdout)?,
             stderr: open_output(&req.stderr)?,
             preopens: spec::preopens(spec, rootfs),
+            open_files: spec::open_files(spec),
+            identity: spec::identity(spec).map_err(Error::InvalidArgument)?,
         };
         Ok(Prepared { program, ctx, http })
     }
@@ -548,6 +652,11 @@ impl Service {
     async fn do_delete(&self, id: &str) -> Result<DeleteResponse> {
         let c = {
             let mut containers = self.containers();
+            if !containers.contains_key(id) {
+                if let Some(deleted) = self.creating().get_mut(id) {
+                    *deleted = true;
+                }
+            }
             let c = containers.get(id).ok_or_else(|| not_found(id))?;
             if c.state == State::Running {
                 return Err(Error::FailedPrecondition(format!(
@@ -616,38 +725,28 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        if self.containers().contains_key(&req.id) {
-            return Err(
-                Error::AlreadyExists(format!("container {} already exists", req.id)).into(),
-            );
+        {
+            let containers = self.containers();
+            let mut creating = self.creating();
+            if containers.contains_key(&req.id) || creating.contains_key(&req.id) {
+                return Err(
+                    Error::AlreadyExists(format!("container {} already exists", req.id)).into(),
+                );
+            }
+            creating.insert(req.id.clone(), false);
         }
-        let container = self
-            .do_create(&req)
-            .await
-            .inspect_err(|e| tracing::warn!("create failed: {e}"))?;
-        self.containers().insert(req.id.clone(), container);
-        self.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                pid: self.inner.pid,
-                ..Default::default()
-            }),
-        )
-        .await;
-        Ok(CreateTaskResponse {
-            pid: self.inner.pid,
-            ..Default::default()
-        })
+        // On a task of its own: if containerd stops waiting for the answer, the creation
+        // still ends here, and is undone if containerd deleted the container meanwhile.
+        let this = self.clone();
+        let span = tracing::Span::current();
+        let created = tokio::spawn(tracing::Instrument::instrument(
+            async move { this.finish_create(req).await },
+            span,
+        ));
+        match created.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(Error::Internal(format!("create failed: {e}")).into()),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(id = %req.id))]
@@ -803,19 +902,7 @@ impl Task for Service {
 
     #[tracing::instrument(skip_all)]
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        // The shim serves the whole pod: it goes only when its last container is deleted.
-        if self.containers().is_empty() {
-            if let Some(mut c) = self
-                .inner
-                .cgroup
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
-                c.leave();
-            }
-            self.inner.exit.signal();
-        }
+        self.exit_if_idle();
         Ok(Empty::new())
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
-use crate::engine::{HttpConfig, Limits, Preopen};
+use crate::engine::{HttpConfig, Identity, Limits, Preopen};
 use crate::error::Error;
 
 /// The annotation CRI sets on every container; "sandbox" marks the pod's pause container.
@@ -185,6 +185,49 @@ pub fn preopens(spec: &Spec, rootfs: &Path) -> Vec<Preopen> {
         });
     }
     out
+}
+
+/// The container's user (`process.user`: `runAsUser`, `runAsGroup`, supplementary groups),
+/// whose file access its guest gets. A root container keeps root's file access; one that
+/// asked to drop it (no `CAP_DAC_OVERRIDE`) is refused, since the pod host shares one
+/// process's capabilities among the pod's guests and cannot take them from one guest.
+pub fn identity(spec: &Spec) -> Result<Option<Identity>, String> {
+    let Some(process) = spec.process().as_ref() else {
+        return Ok(None);
+    };
+    let user = process.user();
+    let identity = Identity {
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+    };
+    if user.uid() == 0 {
+        let dropped = process
+            .capabilities()
+            .as_ref()
+            .and_then(|c| c.effective().as_ref())
+            .is_some_and(|e| !e.contains(&oci_spec::runtime::Capability::DacOverride));
+        if dropped {
+            return Err(
+                "a root container without CAP_DAC_OVERRIDE cannot run in the wasmtime \
+                 class: its pod's guests share one process's capabilities; run it as a \
+                 non-root user (securityContext.runAsUser) or in the wasmtime-isolated class"
+                    .into(),
+            );
+        }
+    }
+    Ok((!identity.is_root()).then_some(identity))
+}
+
+/// The container's descriptor limit (`RLIMIT_NOFILE`, soft), when its spec sets one.
+pub fn open_files(spec: &Spec) -> Option<u64> {
+    spec.process()
+        .as_ref()?
+        .rlimits()
+        .as_ref()?
+        .iter()
+        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile)
+        .map(|r| r.soft())
 }
 
 #[cfg(test)]
