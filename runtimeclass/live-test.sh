@@ -4,7 +4,8 @@
 #   install  -> config patched, containerd restarted through --restart-command, the handlers
 #               verified through the CRI Status call
 #   install  -> nothing changes, no restart
-#   uninstall-> config restored byte for byte, containerd restarted, the handlers gone.
+#   uninstall-> config restored byte for byte, containerd restarted, the handlers gone;
+#   install, another tool's runtime added, uninstall -> only wasmpod's runtimes taken out.
 # Usage: runtimeclass/live-test.sh [1.7|2.1]   (after `e2e/testbed.sh` has fetched containerd)
 # Running a CRI pod with handler wasmtime on the patched containerd is the e2e suite's part.
 set -euo pipefail
@@ -127,6 +128,18 @@ cmp "$D/config.orig" "$D/config.toml" || fail "config not restored byte for byte
 [ ! -e "$D/bin" ] || fail "shim left behind"
 if "$INSTALLER" verify "${args[@]}" --verify-timeout 2 >/dev/null 2>&1; then fail "handlers still there after uninstall"; fi
 echo "ok containerd $V: uninstall restored the config byte for byte and the handlers are gone"
+# Another tool adds a runtime after install: uninstall takes out only wasmpod's, and
+# containerd starts on what is left (restart.sh fails the uninstall if it does not).
+"$INSTALLER" install "${args[@]}" --skip-label --verify >/dev/null 2>"$D/err5" || { cat "$D/err5"; fail "install again"; }
+other="
+[plugins.$PLUGIN.containerd.runtimes.other]
+  runtime_type = \"io.containerd.runc.v2\""
+printf '%s\n' "$other" >>"$D/config.toml"
+"$INSTALLER" uninstall "${args[@]}" --skip-label >/dev/null 2>"$D/err6" || { cat "$D/err6"; fail "uninstall after another tool's edit"; }
+{ cat "$D/config.orig"; printf '%s\n' "$other"; } | cmp - "$D/config.toml" || fail "uninstall did not keep the other tool's runtime, or left wasmpod's"
+if "$INSTALLER" verify "${args[@]}" --verify-timeout 2 >/dev/null 2>&1; then fail "handlers still there after the second uninstall"; fi
+cp "$D/config.orig" "$D/config.toml" && "$D/restart.sh"
+echo "ok containerd $V: uninstall after another tool's edit kept its runtime, took out wasmpod's, and containerd restarted on it"
 # A node without a config file: the installer asks containerd (CRI Version) which version to write.
 "$INSTALLER" install --host-root / --containerd-config "$D/absent/config.toml" --containerd-address "$D/containerd.sock" \
 	--bin-dir "$D/bin2" --state-dir "$D/wasmpod-state2" --shim "$D/shim" --isolated-shim "$D/isolated-shim" --no-restart --skip-label >/dev/null 2>"$D/err4" ||
@@ -172,4 +185,4 @@ for mode in keep uninstall; do
 		echo "ok containerd $V: run --uninstall-on-stop unlabeled the node, then restored the config byte for byte"
 	fi
 done
-echo "7 passed, 0 failed"
+echo "8 passed, 0 failed"

@@ -101,6 +101,8 @@ dry_run() {
 		"+ kind load docker-image"
 		"+ helm install wasmpod charts/wasmpod"
 		"+ kubectl wait --for=jsonpath="
+		"+ as_installer label node wasmpod-worker wasmpod.dev/other=x"
+		"+ as_installer label node wasmpod-dummy-node wasmpod.dev/wasmtime=ready"
 		"+ kubectl -n wasmpod-test wait --for=condition=complete job/wasm-hello"
 		"+ kubectl -n wasmpod-test wait --for=condition=failed job/wasm-exit"
 		"+ kubectl -n wasmpod-test rollout restart deployment/wasm-sleep"

@@ -5,7 +5,8 @@
 #     the wasmpod.dev/wasmtime=ready label);
 #   - the installer DaemonSet: edits the node's real containerd config, restarts containerd,
 #     verifies the handlers through the CRI and only then labels the node; the Pending pod runs;
-#   - the workloads and assertions shared with the kind test (test-kind/lib.sh);
+#   - the installer's credentials change its own node's wasmpod label and nothing else, and
+#     the workloads and assertions shared with the kind test (test-kind/lib.sh);
 #   - helm test; helm upgrade to a rebuilt shim while Wasm pods run; containerd restarted by
 #     hand while Wasm pods run; helm uninstall restoring containerd's config byte for byte;
 #   - cluster down leaves no process, mount, cgroup, bridge or iptables chain behind.
@@ -113,6 +114,7 @@ one_version() {
 		case "$rest" in *"$w"*) rest=${rest#*"$w"} ;; *) fail "installer log lacks, in order, '$w': $ilog" ;; esac
 	done
 	ok "installer log: config updated, containerd restarted, handlers verified, then the node labelled"
+	check_installer_rbac "$NODE"
 	run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wasm-early --timeout 120s
 	contains "wasm-early log (Pending until the label)" "$(kubectl -n "$TNS" logs wasm-early)" "hello from wasmpod"
 

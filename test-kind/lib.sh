@@ -253,3 +253,79 @@ uninstall_chart() {
 	gone app.kubernetes.io/component=installer
 	run helm uninstall wasmpod -n "$NS" --wait --timeout 5m
 }
+
+# denied WHAT WANT CMD...: CMD must fail, its error saying WANT.
+denied() {
+	local what=$1 want=$2 msg
+	shift 2
+	show "$@"
+	[ "$DRY_RUN" = 1 ] && return 0
+	if msg=$("$@" 2>&1); then fail "$what was allowed: $msg"; fi
+	contains "$what: denied" "$msg" "$want"
+}
+
+# as_installer ARGS: kubectl with the token in $WORK/installer.kubeconfig and nothing else (a
+# client certificate of the admin's kubeconfig would win over a token).
+as_installer() { kubectl --kubeconfig "$WORK/installer.kubeconfig" "$@"; }
+
+# installer_kubeconfig TOKEN: the current cluster with TOKEN as the only credential.
+installer_kubeconfig() {
+	printf '+ (a kubeconfig for the current cluster with a service account token: %s)\n' "$WORK/installer.kubeconfig"
+	[ "$DRY_RUN" = 1 ] && return 0
+	local cfg=$WORK/installer.kubeconfig server
+	server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+	kubectl config view --minify --raw --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
+		base64 -d >"$WORK/cluster-ca.crt"
+	rm -f "$cfg"
+	kubectl config --kubeconfig "$cfg" set-cluster c --server "$server" \
+		--certificate-authority "$WORK/cluster-ca.crt" --embed-certs >/dev/null
+	kubectl config --kubeconfig "$cfg" set-credentials installer --token "$1" >/dev/null
+	kubectl config --kubeconfig "$cfg" set-context c --cluster c --user installer >/dev/null
+	kubectl config --kubeconfig "$cfg" use-context c >/dev/null
+}
+
+# check_installer_rbac NODE: with a token bound to NODE's installer pod (what the pod's own
+# projected token is), the installer's service account sets and removes the label
+# wasmpod.dev/wasmtime on NODE, and changes nothing else: no other label or annotation of NODE,
+# no other node, nothing with a token bound to no pod (the chart's RBAC and its
+# ValidatingAdmissionPolicy, charts/wasmpod/templates/admissionpolicy.yaml).
+check_installer_rbac() {
+	local node=$1 sa=wasmpod-installer policy=wasmpod-installer-own-node dummy=wasmpod-dummy-node pod
+	step "the installer's credentials: its own node's wasmpod label, nothing else"
+	run kubectl get validatingadmissionpolicy "$policy"
+	run kubectl get validatingadmissionpolicybinding "$policy"
+	pod=$(out kubectl -n "$NS" get pods -l app.kubernetes.io/component=installer \
+		--field-selector "spec.nodeName=$node" -o jsonpath='{.items[0].metadata.name}')
+	[ "$DRY_RUN" = 1 ] && pod=INSTALLER_POD
+	[ -n "$pod" ] || fail "no installer pod on $node"
+	show kubectl -n "$NS" create token "$sa" --bound-object-kind Pod --bound-object-name "$pod" --duration 10m
+	local token=""
+	[ "$DRY_RUN" = 1 ] || token=$(kubectl -n "$NS" create token "$sa" --bound-object-kind Pod --bound-object-name "$pod" --duration 10m)
+	installer_kubeconfig "$token"
+	run as_installer label node "$node" "$LABEL-"
+	run as_installer label node "$node" "$LABEL=ready" --overwrite
+	expect "$node label set by the installer's token" \
+		"$(out kubectl get node "$node" -o jsonpath='{.metadata.labels.wasmpod\.dev/wasmtime}')" ready
+	ok "the installer's token removes and sets $LABEL on its own node"
+	denied "another label on its own node" "may change only the label wasmpod.dev/wasmtime of its node, no other label" \
+		as_installer label node "$node" wasmpod.dev/other=x
+	denied "an annotation on its own node" "not its spec, status, annotations" \
+		as_installer annotate node "$node" wasmpod.dev/note=x
+	denied "a taint on its own node" "not its spec" \
+		as_installer taint node "$node" wasmpod.dev/taint=x:NoSchedule
+	# Another node, made by the admin for the test (no kubelet behind it, no installer pod:
+	# it lacks the kubernetes.io/os label the DaemonSet selects on).
+	show kubectl create -f - "(Node $dummy)"
+	[ "$DRY_RUN" = 1 ] || kubectl create -f - <<<"{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"$dummy\"}}"
+	denied "the wasmpod label on another node" "may change only the node its pod runs on ($node), not $dummy" \
+		as_installer label node "$dummy" "$LABEL=ready"
+	run kubectl delete node "$dummy" --wait --timeout 60s
+	# A token of the same account bound to no pod names no node.
+	[ "$DRY_RUN" = 1 ] || token=$(kubectl -n "$NS" create token "$sa" --duration 10m)
+	installer_kubeconfig "$token"
+	denied "the wasmpod label with a token bound to no pod" "its token names no node" \
+		as_installer label node "$node" "$LABEL-"
+	expect "$node labels after the denied calls" \
+		"$(out kubectl get node "$node" -o jsonpath='{.metadata.labels.wasmpod\.dev/other}{.metadata.annotations.wasmpod\.dev/note}')" ""
+	[ "$DRY_RUN" = 1 ] || rm -f "$WORK/installer.kubeconfig" "$WORK/cluster-ca.crt"
+}

@@ -131,6 +131,7 @@ cp_label=$(out kubectl get node "$KIND_CLUSTER-control-plane" -o jsonpath="{.met
 expect "control-plane label (no installer there)" "$cp_label" ""
 run kubectl get runtimeclass wasmtime wasmtime-isolated
 
+check_installer_rbac "$WORKER"
 check_workloads
 delete_workloads
 

@@ -163,6 +163,40 @@ pub fn runtimes(doc: &DocumentMut, version: ConfigVersion) -> Vec<FoundRuntime> 
         .collect()
 }
 
+impl FoundRuntime {
+    /// Whether this is wasmpod's runtime as `settings` writes it: wasmpod's `runtime_type` for
+    /// the handler and its shim in wasmpod's bin dir as `runtime_path`. Other projects that
+    /// register a `wasmtime` handler (KWasm, runwasi's snippets, k3s) use runwasi's
+    /// `runtime_type` too, but name the shim by `options.BinaryName` or containerd's PATH.
+    pub fn is_wasmpod(&self, settings: &RuntimeSettings) -> bool {
+        let (runtime_type, path) = settings.runtime(&self.name);
+        self.runtime_type.as_deref() == Some(runtime_type)
+            && self.runtime_path.as_deref() == Some(path.as_str())
+    }
+
+    /// What it runs, for messages: its type and binary.
+    pub fn describe(&self) -> String {
+        let binary = self
+            .runtime_path
+            .as_deref()
+            .or(self.binary_name.as_deref())
+            .map(|b| format!(", binary {b}"))
+            .unwrap_or_default();
+        format!(
+            "runtime_type {}{binary}",
+            self.runtime_type.as_deref().unwrap_or("(none)")
+        )
+    }
+}
+
+/// The TOML table of a handler's runtime, as a config names it.
+pub fn runtime_table(version: ConfigVersion, handler: &str) -> String {
+    format!(
+        "plugins.\"{}\".containerd.runtimes.{handler}",
+        version.cri_plugin()
+    )
+}
+
 impl RuntimeSettings {
     /// The `runtime_type` and `runtime_path` written for `handler`.
     pub fn runtime(&self, handler: &str) -> (&'static str, String) {
@@ -277,12 +311,46 @@ pub fn add_runtimes(
     Ok(changed)
 }
 
-/// The whole new text for an existing config, or `None` when it already has everything.
+/// Empties the runtime tables `names` (another project's, taken over with
+/// `--take-over-handlers`) in place, keeping where they are and the comments above them, so
+/// that [`add_runtimes`] writes wasmpod's runtime there and none of the old keys (such as an
+/// `options.BinaryName` naming the other shim) stay behind.
+fn take_over(doc: &mut DocumentMut, version: ConfigVersion, names: &[String]) {
+    let Some(runtimes) = doc
+        .as_table_mut()
+        .get_mut("plugins")
+        .and_then(|i| i.get_mut(version.cri_plugin()))
+        .and_then(|i| i.get_mut("containerd"))
+        .and_then(|i| i.get_mut("runtimes"))
+        .and_then(|i| i.as_table_mut())
+    else {
+        return;
+    };
+    for name in names {
+        if let Some(rt) = runtimes.get_mut(name).and_then(|i| i.as_table_mut()) {
+            rt.clear();
+            let before = rt
+                .decor()
+                .prefix()
+                .and_then(|p| p.as_str())
+                .unwrap_or("\n")
+                .to_string();
+            rt.decor_mut().set_prefix(format!(
+                "{before}# Taken over by wasmpod-installer (--take-over-handlers): `wasmpod-installer \
+                 uninstall` puts the previous `{name}` runtime back.\n"
+            ));
+        }
+    }
+}
+
+/// The whole new text for an existing config (the same text when it already has everything).
+/// `take_over` names runtimes of other projects to replace (see [`take_over`]).
 pub fn patch_text(
     text: &str,
     path: &Path,
     forced: Option<ConfigVersion>,
     settings: &RuntimeSettings,
+    take_over_runtimes: &[String],
 ) -> Result<(ConfigVersion, String)> {
     let mut doc = parse(text, path)?;
     let version = agree(version(&doc, path)?, forced, path)?;
@@ -290,11 +358,97 @@ pub fn patch_text(
     if settings.systemd_cgroup.is_none() {
         settings.systemd_cgroup = systemd_cgroup(&doc, version);
     }
-    if add_runtimes(&mut doc, version, &settings, path)? {
+    take_over(&mut doc, version, take_over_runtimes);
+    if add_runtimes(&mut doc, version, &settings, path)? || !take_over_runtimes.is_empty() {
         Ok((version, doc.to_string()))
     } else {
         Ok((version, text.to_string()))
     }
+}
+
+/// A config with wasmpod's runtimes taken out again, for uninstalling from a config that
+/// changed since install: everything else stays as it is now, other tools' later edits
+/// included. `settings` names the handlers and bin dir wasmpod installed with; `original` is
+/// the config from before install, if there was one. A runtime that is no longer wasmpod's
+/// (someone replaced it) is left alone; one wasmpod took over from another project is put
+/// back as the original had it; one that was already wasmpod's before install (written by
+/// hand from `deploy/containerd/`) stays. Returns the new text and the handlers removed or
+/// put back.
+pub fn unpatch_text(
+    text: &str,
+    path: &Path,
+    settings: &RuntimeSettings,
+    original: Option<&str>,
+) -> Result<(String, Vec<String>)> {
+    let mut doc = parse(text, path)?;
+    let version = version(&doc, path)?;
+    let original = original.map(|o| parse(o, path)).transpose()?;
+    let found = runtimes(&doc, version);
+    let mut done = Vec::new();
+    for handler in &settings.handlers {
+        if !found
+            .iter()
+            .any(|r| &r.name == handler && r.is_wasmpod(settings))
+        {
+            continue;
+        }
+        let before = original.as_ref().and_then(|o| {
+            let item = get_path(o, &runtimes_keys(version))?.get(handler)?;
+            let was_ours = runtimes(o, version)
+                .iter()
+                .any(|r| &r.name == handler && r.is_wasmpod(settings));
+            Some((item.clone(), was_ours))
+        });
+        let runtimes = table_at(&mut doc, &runtimes_keys(version), path)?;
+        match before {
+            Some((_, true)) => continue,
+            Some((mut item, false)) => {
+                // Where wasmpod's table is now, which is where the taken-over one was; its
+                // subtables follow it (positions of the original's numbering mean nothing here).
+                let here = runtimes
+                    .get(handler)
+                    .and_then(|i| i.as_table())
+                    .and_then(|t| t.position());
+                if let Some(t) = item.as_table_mut() {
+                    for (_, sub) in t.iter_mut() {
+                        forget_positions(sub);
+                    }
+                    t.set_position(here);
+                }
+                runtimes.insert(handler, item);
+            }
+            None => {
+                runtimes.remove(handler);
+            }
+        }
+        done.push(handler.clone());
+    }
+    Ok((doc.to_string(), done))
+}
+
+/// Clears the document positions of every table in `item`, so they print after their parent.
+fn forget_positions(item: &mut Item) {
+    if let Some(t) = item.as_table_mut() {
+        t.set_position(None);
+        for (_, sub) in t.iter_mut() {
+            forget_positions(sub);
+        }
+    }
+}
+
+/// Whether a config holds nothing but its `version` (and empty tables): a file wasmpod
+/// created and nobody else added to.
+pub fn holds_only_version(text: &str, path: &Path) -> Result<bool> {
+    fn empty(item: &Item) -> bool {
+        match item {
+            Item::None => true,
+            Item::Table(t) => t.iter().all(|(_, i)| empty(i)),
+            _ => false,
+        }
+    }
+    let doc = parse(text, path)?;
+    let only = doc.iter().all(|(k, i)| k == "version" || empty(i));
+    Ok(only)
 }
 
 /// A complete, minimal config holding only wasmpod's runtimes (a new `config.toml`, a k0s
@@ -389,6 +543,30 @@ pub fn template_has_block(text: &str) -> bool {
     text.contains(BLOCK_BEGIN)
 }
 
+/// A k3s/RKE2 template with wasmpod's block taken out (and the blank line [`patch_template`]
+/// put before it); everything else stays as it is now. `None` when it has no block.
+pub fn remove_template_block(text: &str, path: &Path) -> Result<Option<String>> {
+    match (text.find(BLOCK_BEGIN), text.find(BLOCK_END)) {
+        (None, None) => Ok(None),
+        (Some(b), Some(e)) if e > b => {
+            let end = text[e..]
+                .find('\n')
+                .map(|n| e + n + 1)
+                .unwrap_or(text.len());
+            let before = &text[..b];
+            let before = match before.strip_suffix("\n\n") {
+                Some(rest) => &before[..rest.len() + 1],
+                None => before,
+            };
+            Ok(Some(format!("{before}{}", &text[end..])))
+        }
+        _ => Err(Error::UnsupportedTemplate {
+            path: path.to_path_buf(),
+            reason: "the wasmpod block markers are damaged (one of BEGIN/END is missing)".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,7 +593,7 @@ version = 2
 
     #[test]
     fn v2_patch_keeps_everything_and_follows_runc() {
-        let (v, out) = patch_text(V2, Path::new("c.toml"), None, &settings()).unwrap();
+        let (v, out) = patch_text(V2, Path::new("c.toml"), None, &settings(), &[]).unwrap();
         assert_eq!(v, ConfigVersion::V2);
         assert!(out.starts_with(V2), "original text kept as is:\n{out}");
         let doc = parse(&out, Path::new("x")).unwrap();
@@ -434,14 +612,14 @@ version = 2
             "runtime_type = \"io.containerd.wasmtime.v1\"\nruntime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\""
         ), "{out}");
         // idempotent
-        let (_, again) = patch_text(&out, Path::new("c.toml"), None, &settings()).unwrap();
+        let (_, again) = patch_text(&out, Path::new("c.toml"), None, &settings(), &[]).unwrap();
         assert_eq!(again, out);
     }
 
     #[test]
     fn v3_uses_the_runtime_plugin() {
         let text = "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\nSystemdCgroup = false\n";
-        let (v, out) = patch_text(text, Path::new("c"), None, &settings()).unwrap();
+        let (v, out) = patch_text(text, Path::new("c"), None, &settings(), &[]).unwrap();
         assert_eq!(v, ConfigVersion::V3);
         let doc = parse(&out, Path::new("x")).unwrap();
         assert_eq!(systemd_cgroup(&doc, v), Some(false));
@@ -456,20 +634,26 @@ version = 2
             ("[plugins]\n", "version 1 (no `version` key)"),
             ("version = \"2\"\n", "version \"2\""),
         ] {
-            let e = patch_text(text, Path::new("c"), None, &settings()).unwrap_err();
+            let e = patch_text(text, Path::new("c"), None, &settings(), &[]).unwrap_err();
             assert!(e.to_string().contains(want), "{e}");
         }
-        let e =
-            patch_text("version = 2\n[plugins\n", Path::new("c"), None, &settings()).unwrap_err();
+        let e = patch_text(
+            "version = 2\n[plugins\n",
+            Path::new("c"),
+            None,
+            &settings(),
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Toml { .. }), "{e}");
     }
 
     #[test]
     fn corrects_a_stale_runtime_path() {
-        let (_, out) = patch_text(V2, Path::new("c"), None, &settings()).unwrap();
+        let (_, out) = patch_text(V2, Path::new("c"), None, &settings(), &[]).unwrap();
         let mut s = settings();
         s.bin_dir = "/usr/local/bin".into();
-        let (_, moved) = patch_text(&out, Path::new("c"), None, &s).unwrap();
+        let (_, moved) = patch_text(&out, Path::new("c"), None, &s, &[]).unwrap();
         assert!(moved.contains("runtime_path = \"/usr/local/bin/containerd-shim-wasmtime-v1\""));
         assert!(moved
             .contains("runtime_path = \"/usr/local/bin/containerd-shim-wasmtime-isolated-v1\""));
@@ -506,5 +690,114 @@ version = 2
         let e =
             patch_template(Some("version = 2\n"), p, ConfigVersion::V2, &settings()).unwrap_err();
         assert!(e.to_string().contains("frozen copy"), "{e}");
+    }
+
+    #[test]
+    fn unpatch_takes_out_only_what_wasmpod_added() {
+        let (v, out) = patch_text(V2, Path::new("c"), None, &settings(), &[]).unwrap();
+        let (back, done) = unpatch_text(&out, Path::new("c"), &settings(), Some(V2)).unwrap();
+        assert_eq!(back, V2, "an unchanged install comes out as the original");
+        assert_eq!(done, HANDLERS);
+        // Someone replaced `wasmtime` with their own since: it is theirs now and stays.
+        let theirs = out.replace(
+            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"",
+            "runtime_path = \"/usr/local/bin/their-shim\"",
+        );
+        let (back, done) = unpatch_text(&theirs, Path::new("c"), &settings(), Some(V2)).unwrap();
+        assert_eq!(done, ["wasmtime-isolated"]);
+        let doc = parse(&back, Path::new("c")).unwrap();
+        assert_eq!(runtimes(&doc, v).len(), 2, "{back}");
+        // Runtimes that were wasmpod's before install (written by hand) stay too.
+        let (again, done) = unpatch_text(&out, Path::new("c"), &settings(), Some(&out)).unwrap();
+        assert_eq!((again.as_str(), done.len()), (out.as_str(), 0));
+    }
+
+    #[test]
+    fn a_runtime_taken_over_is_replaced_whole_and_put_back() {
+        let theirs = format!(
+            "{V2}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n  # KWasm's\n  runtime_type = \"io.containerd.wasmtime.v1\"\n  pod_annotations = [\"x\"]\n"
+        );
+        let (v, out) = patch_text(
+            &theirs,
+            Path::new("c"),
+            None,
+            &settings(),
+            &["wasmtime".into()],
+        )
+        .unwrap();
+        let doc = parse(&out, Path::new("c")).unwrap();
+        assert!(has_runtimes(&doc, v, &settings()), "{out}");
+        assert!(!out.contains("pod_annotations"), "{out}");
+        assert!(out.contains("Taken over by wasmpod-installer"), "{out}");
+        let (back, done) = unpatch_text(&out, Path::new("c"), &settings(), Some(&theirs)).unwrap();
+        assert_eq!(done, HANDLERS);
+        let doc = parse(&back, Path::new("c")).unwrap();
+        let w = runtimes(&doc, v)
+            .into_iter()
+            .find(|r| r.name == "wasmtime")
+            .unwrap();
+        assert_eq!(w.runtime_type.as_deref(), Some("io.containerd.wasmtime.v1"));
+        assert!(
+            back.contains("pod_annotations = [\"x\"]") && back.contains("# KWasm's"),
+            "{back}"
+        );
+        assert!(!back.contains("wasmtime-isolated"), "{back}");
+    }
+
+    #[test]
+    fn foreign_runtimes_are_told_apart_from_wasmpods() {
+        let s = settings();
+        let found = |runtime_type: &str, runtime_path: Option<&str>| FoundRuntime {
+            name: "wasmtime".into(),
+            runtime_type: Some(runtime_type.into()),
+            runtime_path: runtime_path.map(str::to_string),
+            binary_name: None,
+        };
+        assert!(found(
+            crate::RUNTIME_TYPE,
+            Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1")
+        )
+        .is_wasmpod(&s));
+        // runwasi's type with the shim on containerd's PATH, or somewhere else: not ours
+        assert!(!found(crate::RUNTIME_TYPE, None).is_wasmpod(&s));
+        assert!(!found(
+            crate::RUNTIME_TYPE,
+            Some("/usr/local/bin/containerd-shim-wasmtime-v1")
+        )
+        .is_wasmpod(&s));
+        assert!(!found(
+            "io.containerd.wasmtime.v2",
+            Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1")
+        )
+        .is_wasmpod(&s));
+    }
+
+    #[test]
+    fn template_blocks_come_out_and_the_rest_stays() {
+        let p = Path::new("t");
+        let user = "{{ template \"base\" . }}\n\n[plugins.\"x\"]\n  a = 1\n";
+        let patched = patch_template(Some(user), p, ConfigVersion::V2, &settings()).unwrap();
+        assert_eq!(
+            remove_template_block(&patched, p).unwrap().as_deref(),
+            Some(user)
+        );
+        let later = format!("{patched}# added later\n");
+        assert_eq!(
+            remove_template_block(&later, p).unwrap().unwrap(),
+            format!("{user}# added later\n")
+        );
+        assert_eq!(remove_template_block(user, p).unwrap(), None);
+        let damaged = patched.replace(BLOCK_END, "");
+        assert!(remove_template_block(&damaged, p).is_err());
+    }
+
+    #[test]
+    fn only_version_left() {
+        let p = Path::new("c");
+        assert!(holds_only_version("version = 2\n[plugins.\"a\".b]\n", p).unwrap());
+        assert!(!holds_only_version("version = 2\n[plugins.\"a\"]\nb = 1\n", p).unwrap());
+        let created = fresh(ConfigVersion::V3, &settings(), "# h\n").unwrap();
+        let (rest, _) = unpatch_text(&created, p, &settings(), None).unwrap();
+        assert!(holds_only_version(&rest, p).unwrap(), "{rest}");
     }
 }

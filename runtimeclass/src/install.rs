@@ -5,17 +5,28 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use toml_edit::DocumentMut;
+use tracing::{error, info, warn};
 
 use crate::config::{self, ConfigVersion, RuntimeSettings};
 use crate::distro::{self, Distro, Layout, Target};
+use crate::lock::NodeLock;
 use crate::node::Nodes;
 use crate::restart::Restarter;
 use crate::shim::{self, digest, write_atomic};
+use crate::verify::Verifier;
 use crate::{
     host_path, io_err, verify, Error, Result, HANDLER, HANDLER_ISOLATED, ISOLATED_SHIM_BINARY,
     SHIM_BINARY,
 };
+
+/// The first lines of a `config.toml` wasmpod creates (there was none).
+const CREATED_HEADER: &str = "# Written by wasmpod-installer: this file did not exist, so \
+                              containerd ran on its defaults.\n# `wasmpod-installer \
+                              uninstall` removes it again.\n";
+/// The first lines of wasmpod's k0s drop-in.
+const DROP_IN_HEADER: &str = "# Written by wasmpod-installer (k0s merges this drop-in into its \
+                              containerd config).\n# `wasmpod-installer uninstall` removes it.\n";
 
 /// Where and how to install.
 pub struct Installer {
@@ -41,6 +52,13 @@ pub struct Installer {
     /// Restart containerd when the config changed.
     pub restart: bool,
     pub restarter: Box<dyn Restarter>,
+    /// Checks the handlers after a restart; when they are not served, the previous config
+    /// goes back and containerd is restarted on it. `None`: no check (by hand, without
+    /// `--verify`).
+    pub verifier: Option<Box<dyn Verifier>>,
+    /// Replace a `wasmtime`/`wasmtime-isolated` runtime of another project in the config
+    /// instead of refusing (`--take-over-handlers`); uninstall puts it back.
+    pub take_over_handlers: bool,
 }
 
 /// What wasmpod changed on a host, kept in `<state-dir>/state.json` for uninstall.
@@ -53,6 +71,12 @@ pub struct State {
     pub original_existed: bool,
     /// sha256 of the content wasmpod wrote.
     pub written_sha256: String,
+    /// sha256 of what install made of the original file. While the config still has exactly
+    /// these bytes nobody else changed it, and uninstall restores the original byte for byte;
+    /// otherwise it removes only wasmpod's entries. Absent in records written before it
+    /// existed (`written_sha256` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pristine_sha256: Option<String>,
     pub bin_dir: PathBuf,
     pub shim_sha256: String,
     /// The isolated host's shim, when its handler is registered (absent in records written
@@ -102,6 +126,14 @@ impl Installer {
 
     fn state_file(&self) -> PathBuf {
         self.hp(self.state_dir.join("state.json"))
+    }
+
+    /// The lock that serialises installer runs on this node: next to the state directory,
+    /// not in it, since uninstall removes that directory.
+    pub fn lock_file(&self) -> PathBuf {
+        let dir = self.hp(&self.state_dir);
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        dir.with_file_name(format!("{name}.lock"))
     }
 
     fn backup_file(&self, config: &Path) -> PathBuf {
@@ -175,18 +207,18 @@ impl Installer {
         match &layout.target {
             Target::TomlFile(path) => {
                 let current = read_opt(&self.hp(path))?;
+                let s = self.settings(handlers.clone(), None);
                 let (version, desired) = match &current {
                     Some(text) => {
-                        let s = self.settings(handlers.clone(), None);
-                        config::patch_text(text, path, self.config_version, &s)?
+                        let doc = config::parse(text, path)?;
+                        let v =
+                            config::agree(config::version(&doc, path)?, self.config_version, path)?;
+                        let taken = self.foreign_runtimes(&doc, v, &s, path, true)?;
+                        config::patch_text(text, path, self.config_version, &s, &taken)?
                     }
                     None => {
                         let v = self.fallback_version(&layout, path).await?;
-                        let s = self.settings(handlers.clone(), None);
-                        let header = "# Written by wasmpod-installer: this file did not exist, so \
-                                      containerd ran on its defaults.\n# `wasmpod-installer \
-                                      uninstall` removes it again.\n";
-                        (v, config::fresh(v, &s, header)?)
+                        (v, config::fresh(v, &s, CREATED_HEADER)?)
                     }
                 };
                 Ok(Plan {
@@ -263,6 +295,9 @@ impl Installer {
                     }
                 }
                 let s = self.settings(handlers.clone(), systemd);
+                if let Some(doc) = &gen {
+                    self.foreign_runtimes(doc, version, &s, generated, false)?;
+                }
                 let desired = config::patch_template(current.as_deref(), &path, version, &s)?;
                 Ok(Plan {
                     path,
@@ -293,9 +328,10 @@ impl Installer {
                     config::parse(c, path)?;
                 }
                 let s = self.settings(handlers.clone(), systemd);
-                let header = "# Written by wasmpod-installer (k0s merges this drop-in into its \
-                              containerd config).\n# `wasmpod-installer uninstall` removes it.\n";
-                let desired = config::fresh(version, &s, header)?;
+                if let Some(doc) = &main_doc {
+                    self.foreign_runtimes(doc, version, &s, main, false)?;
+                }
+                let desired = config::fresh(version, &s, DROP_IN_HEADER)?;
                 Ok(Plan {
                     path: path.clone(),
                     current,
@@ -308,10 +344,69 @@ impl Installer {
         }
     }
 
+    /// The handlers to register whose runtime in `doc` (read from `path`) another project
+    /// wrote (neither what these settings write, see [`config::FoundRuntime::is_wasmpod`], nor
+    /// what the install record says wasmpod wrote): refused, unless `--take-over-handlers`
+    /// says to replace them and the file is one wasmpod edits in place (`editable`). Returns
+    /// the runtimes to replace.
+    fn foreign_runtimes(
+        &self,
+        doc: &DocumentMut,
+        version: ConfigVersion,
+        settings: &RuntimeSettings,
+        path: &Path,
+        editable: bool,
+    ) -> Result<Vec<String>> {
+        let recorded = self.read_state()?.map(|st| RuntimeSettings {
+            bin_dir: st.bin_dir.to_string_lossy().into_owned(),
+            systemd_cgroup: None,
+            handlers: st.handlers,
+        });
+        let mut taken = Vec::new();
+        for r in config::runtimes(doc, version) {
+            if !settings.handlers.contains(&r.name) || r.is_wasmpod(settings) {
+                continue;
+            }
+            // What the install record says wasmpod wrote is wasmpod's, even where these flags
+            // would write it differently (a moved bin dir: refused later, with its own reason).
+            if recorded
+                .as_ref()
+                .is_some_and(|rec| rec.handlers.contains(&r.name) && r.is_wasmpod(rec))
+            {
+                continue;
+            }
+            let table = config::runtime_table(version, &r.name);
+            if self.take_over_handlers && editable {
+                warn!(config = %path.display(), table, found = %r.describe(), "--take-over-handlers: replacing another project's runtime with wasmpod's (uninstall puts it back)");
+                taken.push(r.name);
+                continue;
+            }
+            let hint = if editable {
+                "Remove that runtime, leave the handler out (--handlers; the chart's \
+                 runtimeClasses.*.enabled), or install with --take-over-handlers (the chart's \
+                 installer.takeOverHandlers=true) to replace it with wasmpod's; uninstall puts \
+                 it back"
+            } else {
+                "wasmpod does not edit that file, so it cannot replace the runtime: remove it \
+                 where it comes from, or leave the handler out (--handlers; the chart's \
+                 runtimeClasses.*.enabled)"
+            };
+            return Err(Error::HandlerTaken {
+                path: path.to_path_buf(),
+                handler: r.name.clone(),
+                table,
+                found: r.describe(),
+                hint: hint.into(),
+            });
+        }
+        Ok(taken)
+    }
+
     /// Copies the shim, registers the handlers, restarts containerd if the config changed.
     /// Labeling is separate ([`verify_and_label`]), after this returned.
     #[tracing::instrument(skip_all, fields(host_root = %self.host_root.display()))]
     pub async fn install(&self) -> Result<Report> {
+        let _lock = NodeLock::acquire(&self.lock_file()).await?;
         let plan = self.plan().await?;
         let target = self.hp(&plan.path);
         let backup = self.backup_file(&plan.path);
@@ -327,7 +422,9 @@ impl Installer {
         if let Some(prev) = &previous {
             if prev.config != plan.path || prev.bin_dir != self.bin_dir {
                 return Err(Error::Invalid(format!(
-                    "wasmpod is installed with config {} and bin dir {}, and this install would                      use {} and {} (a distribution upgrade, or other flags): run                      `wasmpod-installer uninstall` with the old settings first (nothing was changed)",
+                    "wasmpod is installed with config {} and bin dir {}, and this install would \
+                     use {} and {} (a distribution upgrade, or other flags): run \
+                     `wasmpod-installer uninstall` with the old settings first (nothing was changed)",
                     prev.config.display(),
                     prev.bin_dir.display(),
                     plan.path.display(),
@@ -397,9 +494,22 @@ impl Installer {
                 info!(backup = %backup.display(), "original config backed up");
             }
         }
-        let mode = std::fs::metadata(&target)
-            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-            .unwrap_or(0o644);
+        // Whether this run patches the original itself (the first install, or one after a
+        // rollback) or a config others changed since: only the former is pristine.
+        let original = match original_existed {
+            true => read_opt(&backup)?,
+            false => None,
+        };
+        let pristine_sha256 = if plan.current == original {
+            Some(digest(plan.desired.as_bytes()))
+        } else {
+            previous.as_ref().map(|p| {
+                p.pristine_sha256
+                    .clone()
+                    .unwrap_or(p.written_sha256.clone())
+            })
+        };
+        let mode = file_mode(&target);
         if config_changed {
             write_atomic(&target, plan.desired.as_bytes(), mode)?;
             info!(config = %plan.path.display(), "containerd config updated");
@@ -411,6 +521,7 @@ impl Installer {
             config: plan.path.clone(),
             original_existed,
             written_sha256: digest(plan.desired.as_bytes()),
+            pristine_sha256,
             bin_dir: self.bin_dir.clone(),
             shim_sha256: shim.digest.clone(),
             isolated_shim_sha256: isolated.as_ref().map(|i| i.digest.clone()),
@@ -430,14 +541,29 @@ impl Installer {
                 // containerd still runs on the previous config: put it back, so that the next
                 // run sees the change as still to do and restarts again, instead of finding a
                 // config that looks installed but was never loaded.
-                match &plan.current {
-                    Some(cur) => write_atomic(&target, cur.as_bytes(), mode)?,
-                    None => std::fs::remove_file(&target).map_err(io_err(&target))?,
-                }
+                put_back(&plan, &target, mode)?;
                 warn!(config = %plan.path.display(), error = %e, "restarting containerd failed: the previous config is restored");
                 return Err(e);
             }
         };
+        if let (Some(unit), Some(verifier)) = (&restarted, &self.verifier) {
+            let socket = self.socket(&plan.layout);
+            if let Err(e) = verifier.verify(&socket, &plan.handlers).await {
+                // containerd runs on the new config but does not serve the handlers (it
+                // rejected the runtimes, or did not come back): go back to the config it
+                // served before, so the node keeps running what it ran, and the next run
+                // tries again.
+                put_back(&plan, &target, mode)?;
+                warn!(config = %plan.path.display(), error = %e, unit, "the runtime handlers were not verified after the restart: the previous config is restored, restarting containerd on it");
+                match self.restarter.restart(unit) {
+                    Ok(()) => info!(unit, "containerd restarted on the restored config"),
+                    Err(e2) => {
+                        error!(unit, error = %e2, "restarting containerd on the restored config failed too")
+                    }
+                }
+                return Err(e);
+            }
+        }
         Ok(Report {
             distro: plan.layout.distro,
             config: plan.path,
@@ -473,46 +599,58 @@ impl Installer {
         Ok(Some(unit))
     }
 
-    /// Restores the config byte for byte (or removes the file wasmpod created), removes the
-    /// shim and the record, and restarts containerd if the config changed. Remove the node
-    /// label before calling this.
+    /// Takes wasmpod's entries out of the config, removes the shim and the record, and
+    /// restarts containerd if the config changed. A config nobody changed since install gets
+    /// its original back byte for byte (a file wasmpod created is removed); one that others
+    /// changed since keeps their changes, and loses only wasmpod's runtimes (or block). Remove
+    /// the node label before calling this.
     #[tracing::instrument(skip_all, fields(host_root = %self.host_root.display()))]
     pub async fn uninstall(&self) -> Result<Option<Report>> {
+        let _lock = NodeLock::acquire(&self.lock_file()).await?;
         let Some(state) = self.read_state()? else {
             info!("no install record: nothing to uninstall");
             return Ok(None);
         };
         let target = self.hp(&state.config);
-        let backup = self.backup_file(&state.config);
         let current = read_opt(&target)?;
-        if let Some(cur) = &current {
-            if digest(cur.as_bytes()) != state.written_sha256 {
-                let keep = target.with_file_name(format!(
-                    "{}.wasmpod-replaced",
-                    target.file_name().unwrap_or_default().to_string_lossy()
-                ));
-                warn!(kept = %keep.display(), "the config was edited after install: restoring the original, the edited file is kept aside");
-                write_atomic(&keep, cur.as_bytes(), 0o600)?;
+        let original = match state.original_existed {
+            true => Some(
+                std::fs::read_to_string(self.backup_file(&state.config))
+                    .map_err(io_err(self.backup_file(&state.config)))?,
+            ),
+            false => None,
+        };
+        // Decided before anything is removed: a config that cannot be read leaves everything.
+        let after = match &current {
+            None => {
+                warn!(config = %state.config.display(), "the config is gone: nothing to take wasmpod's entries out of");
+                None
             }
-        }
-        let mut changed = false;
-        if state.original_existed {
-            let bytes = std::fs::read(&backup).map_err(io_err(&backup))?;
-            if current.as_deref().map(str::as_bytes) != Some(&bytes[..]) {
-                let mode = std::fs::metadata(&target)
-                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-                    .unwrap_or(0o644);
-                write_atomic(&target, &bytes, mode)?;
-                changed = true;
+            Some(cur) => {
+                let pristine = state
+                    .pristine_sha256
+                    .as_deref()
+                    .unwrap_or(&state.written_sha256);
+                if digest(cur.as_bytes()) == pristine {
+                    info!(config = %state.config.display(), "the config is as install left it: restoring the original byte for byte");
+                    original.clone()
+                } else {
+                    info!(config = %state.config.display(), "the config changed since install: taking out only wasmpod's entries, keeping the rest as it is now");
+                    self.unpatched(&state, cur, original.as_deref())?
+                }
             }
-        } else if current.is_some() {
-            std::fs::remove_file(&target).map_err(io_err(&target))?;
-            changed = true;
+        };
+        let changed = after != current;
+        if changed {
+            match &after {
+                Some(text) => write_atomic(&target, text.as_bytes(), file_mode(&target))?,
+                None => std::fs::remove_file(&target).map_err(io_err(&target))?,
+            }
         }
         let shim_changed = shim::remove(&self.host_root, &state.bin_dir)?;
         let state_dir = self.hp(&self.state_dir);
         std::fs::remove_dir_all(&state_dir).map_err(io_err(&state_dir))?;
-        info!(config = %state.config.display(), "original config restored");
+        info!(config = %state.config.display(), changed, "wasmpod's entries are out of the config");
         let restarted = self.maybe_restart(changed, &state.services)?;
         Ok(Some(Report {
             distro: state.distro,
@@ -523,6 +661,50 @@ impl Installer {
             restarted,
             handlers: state.handlers,
         }))
+    }
+
+    /// `current` without wasmpod's entries; `None` when nothing else is left of a file wasmpod
+    /// created.
+    fn unpatched(
+        &self,
+        state: &State,
+        current: &str,
+        original: Option<&str>,
+    ) -> Result<Option<String>> {
+        let path = &state.config;
+        let rest = match state.distro {
+            // wasmpod's marked block in the Go template
+            Distro::K3s | Distro::Rke2 => {
+                let rest = config::remove_template_block(current, path)?
+                    .unwrap_or_else(|| current.to_string());
+                if !state.original_existed && rest.trim() == config::BASE_TEMPLATE {
+                    return Ok(None);
+                }
+                rest
+            }
+            _ => {
+                let settings = RuntimeSettings {
+                    bin_dir: state.bin_dir.to_string_lossy().into_owned(),
+                    systemd_cgroup: None,
+                    handlers: state.handlers.clone(),
+                };
+                let (rest, done) = config::unpatch_text(current, path, &settings, original)?;
+                info!(config = %path.display(), handlers = ?done, "wasmpod's runtimes taken out (or the ones it took over put back)");
+                if !state.original_existed {
+                    if config::holds_only_version(&rest, path)? {
+                        return Ok(None);
+                    }
+                    // Someone else's now: wasmpod's header would say uninstall removes it.
+                    for header in [CREATED_HEADER, DROP_IN_HEADER] {
+                        if let Some(r) = rest.strip_prefix(header) {
+                            return Ok(Some(r.to_string()));
+                        }
+                    }
+                }
+                rest
+            }
+        };
+        Ok(Some(rest))
     }
 
     /// What is installed, from the record and the files.
@@ -560,6 +742,21 @@ impl Installer {
             "services": layout.services,
             "socket": self.socket(&layout),
         }))
+    }
+}
+
+/// The permission bits of `path`, or 0644 for a file that does not exist.
+fn file_mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        .unwrap_or(0o644)
+}
+
+/// Puts the config back as it was before this run wrote it (removes it if there was none).
+fn put_back(plan: &Plan, target: &Path, mode: u32) -> Result<()> {
+    match &plan.current {
+        Some(cur) => write_atomic(target, cur.as_bytes(), mode),
+        None => std::fs::remove_file(target).map_err(io_err(target)),
     }
 }
 

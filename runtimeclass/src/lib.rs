@@ -3,15 +3,16 @@
 //! containerd only when something changed, verifies the handlers through the CRI and only then
 //! labels the node `wasmpod.dev/wasmtime=ready`. It also renders the RuntimeClass objects.
 //!
-//! Host access goes through traits ([`restart::Restarter`], [`node::Nodes`]) so tests use
-//! doubles; everything that decides what to write is a pure function on strings
-//! ([`config`]).
+//! Host access goes through traits ([`restart::Restarter`], [`node::Nodes`],
+//! [`verify::Verifier`]) so tests use doubles; everything that decides what to write is a pure
+//! function on strings ([`config`]). Installer runs on one node take turns ([`lock`]).
 
 use std::path::{Path, PathBuf};
 
 pub mod config;
 pub mod distro;
 pub mod install;
+pub mod lock;
 pub mod manifests;
 pub mod node;
 pub mod restart;
@@ -106,6 +107,17 @@ pub enum Error {
          wasmpod with --bin-dir set to that binary's directory to adopt the handler"
     )]
     K3sHandlerConflict { path: PathBuf, binary: String },
+    #[error(
+        "{path}: the runtime handler `{handler}` ([{table}], {found}) is another project's, and \
+         wasmpod does not overwrite it (nothing was changed). {hint}"
+    )]
+    HandlerTaken {
+        path: PathBuf,
+        handler: String,
+        table: String,
+        found: String,
+        hint: String,
+    },
     #[error("{path}: {reason} (nothing was changed)")]
     UnsupportedTemplate { path: PathBuf, reason: String },
     #[error("the shim to install was not found at {path}; pass {flag} (nothing was changed)")]

@@ -11,6 +11,7 @@ use wasmpod_installer::config::ConfigVersion;
 use wasmpod_installer::install::{reconcile_label, verify_and_label, Installer};
 use wasmpod_installer::node::{KubeNodes, Nodes};
 use wasmpod_installer::restart::{HostSystemd, Restarter, ShellRestarter};
+use wasmpod_installer::verify::{CriVerifier, Verifier};
 use wasmpod_installer::{
     manifests, runtimeclass, verify, DEFAULT_BIN_DIR, DEFAULT_HANDLERS, DEFAULT_STATE_DIR,
     HANDLERS, ISOLATED_SHIM_BINARY, SHIM_BINARY,
@@ -28,8 +29,9 @@ Usually run by the Helm chart's DaemonSet (charts/wasmpod) with the host's root 
   helm install wasmpod charts/wasmpod -n wasmpod --create-namespace     # install
   helm upgrade wasmpod charts/wasmpod -n wasmpod                        # upgrade: the shim is
       swapped atomically; containerd is restarted only if its config has to change
-  # uninstall: each installer removes its node's label first, then restores containerd's
-  # original config byte for byte, removes the shim and restarts containerd:
+  # uninstall: each installer removes its node's label first, then takes wasmpod's runtimes
+  # out of containerd's config (the original byte for byte if nobody else changed it since),
+  # removes the shim and restarts containerd:
   helm upgrade wasmpod charts/wasmpod -n wasmpod --reuse-values --set installer.uninstallOnStop=true --wait
   helm upgrade wasmpod charts/wasmpod -n wasmpod --reuse-values --set installer.enabled=false
   kubectl -n wasmpod wait --for=delete pod -l app.kubernetes.io/component=installer --timeout=300s
@@ -48,7 +50,10 @@ kind: load the image (kind load docker-image) and pin the node image (config ver
 k3s: delete k3s' own `wasmtime` RuntimeClass (or --disable=runtimes) before the chart.
 charts/wasmpod/README.md has the details for each distribution.
 Immutable hosts (Talos, Bottlerocket, Container-Optimized OS) and read-only bin dirs are refused
-with guidance, changing nothing.
+with guidance, changing nothing; so is a `wasmtime`/`wasmtime-isolated` runtime another project
+registered (unless --take-over-handlers). If containerd does not serve the handlers after the
+restart, the previous config goes back and containerd is restarted on it. Runs on one node
+take turns (a lock next to --state-dir).
 
 By hand on a node (as root):
   wasmpod-installer install --shim ./containerd-shim-wasmtime-v1 \\
@@ -67,7 +72,7 @@ struct Cli {
 enum Cmd {
     /// Install the shim, configure containerd, verify, label the node.
     Install(NodeArgs),
-    /// Remove the node label, restore the original config, remove the shim, restart.
+    /// Remove the node label, take wasmpod's runtimes out of the config, remove the shim, restart.
     Uninstall(NodeArgs),
     /// Report what is installed (JSON).
     Status(NodeArgs),
@@ -158,6 +163,10 @@ struct NodeArgs {
     /// Seconds to wait for containerd to show the handlers.
     #[arg(long, default_value_t = 60)]
     verify_timeout: u64,
+    /// Replace a `wasmtime` or `wasmtime-isolated` runtime that another project registered in
+    /// containerd's config with wasmpod's, instead of refusing; uninstall puts it back.
+    #[arg(long, env = "WASMPOD_TAKE_OVER_HANDLERS")]
+    take_over_handlers: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,6 +216,14 @@ impl NodeArgs {
             handlers: self.handlers.clone(),
             restart: !self.no_restart,
             restarter,
+            // The same check that gates the label also decides, right after a restart,
+            // whether the new config stays.
+            verifier: (!self.skip_label || self.verify).then(|| {
+                Box::new(CriVerifier {
+                    timeout: Duration::from_secs(self.verify_timeout),
+                }) as Box<dyn Verifier>
+            }),
+            take_over_handlers: self.take_over_handlers,
         })
     }
 

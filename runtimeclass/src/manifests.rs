@@ -2,6 +2,9 @@
 //! into its k8s-openapi type, and serializing that type back must give the same object, so a
 //! misspelt or misplaced field (which serde would otherwise ignore) is caught too.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
@@ -101,6 +104,12 @@ pub fn check(text: &str) -> Result<Vec<(String, String)>> {
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => roundtrip::<RoleBinding>(&v),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 roundtrip::<ClusterRoleBinding>(&v)
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                roundtrip::<ValidatingAdmissionPolicy>(&v)
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                roundtrip::<ValidatingAdmissionPolicyBinding>(&v)
             }
             _ => {
                 return Err(Error::Invalid(format!(

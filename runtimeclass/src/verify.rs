@@ -113,6 +113,27 @@ pub async fn check_handlers(socket: &Path, wanted: &[String]) -> Result<Vec<Stri
     Ok(present)
 }
 
+/// Checks that containerd serves the handlers: the installer's check after a restart, a
+/// trait so the installer's tests use doubles.
+#[async_trait::async_trait]
+pub trait Verifier: Send + Sync {
+    async fn verify(&self, socket: &Path, handlers: &[String]) -> Result<()>;
+}
+
+/// The real check: [`wait_for_handlers`] through containerd's CRI, for up to `timeout`.
+pub struct CriVerifier {
+    pub timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Verifier for CriVerifier {
+    async fn verify(&self, socket: &Path, handlers: &[String]) -> Result<()> {
+        wait_for_handlers(socket, handlers, self.timeout)
+            .await
+            .map(|_| ())
+    }
+}
+
 /// [`check_handlers`] retried until `timeout` (containerd may still be restarting).
 pub async fn wait_for_handlers(
     socket: &Path,

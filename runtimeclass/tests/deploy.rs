@@ -58,6 +58,7 @@ fn containerd_snippets_are_current() {
                 systemd_cgroup: None,
                 handlers: HANDLERS.iter().map(|s| s.to_string()).collect(),
             },
+            &[],
         )
         .unwrap();
         assert_eq!(again, got);

@@ -10,6 +10,7 @@ use std::process::Command;
 use wasmpod_installer::config::{self, ConfigVersion};
 use wasmpod_installer::install::Installer;
 use wasmpod_installer::restart::{Recorder, Restarter};
+use wasmpod_installer::verify::Verifier;
 use wasmpod_installer::{Error, HANDLERS, ISOLATED_SHIM_BINARY, SHIM_BINARY};
 
 struct Host {
@@ -66,6 +67,8 @@ impl Host {
             handlers: HANDLERS.iter().map(|s| s.to_string()).collect(),
             restart: true,
             restarter,
+            verifier: None,
+            take_over_handlers: false,
         }
     }
 
@@ -106,12 +109,6 @@ async fn round_trip(
     let h = host(fixture);
     let before = h.snapshot();
     let rec = std::sync::Arc::new(Recorder::default());
-    struct Shared(std::sync::Arc<Recorder>);
-    impl Restarter for Shared {
-        fn restart(&self, unit: &str) -> wasmpod_installer::Result<()> {
-            self.0.restart(unit)
-        }
-    }
     let mut inst = h.installer(Box::new(Shared(rec.clone())));
     inst.config_version = version;
     let r = inst.install().await.unwrap();
@@ -611,4 +608,402 @@ async fn a_failed_restart_puts_the_previous_config_back_and_the_next_run_retries
         .unwrap();
     assert!(r.config_changed && r.restarted.is_some(), "{r:?}");
     assert!(h.read(config).contains("runtimes.wasmtime"));
+}
+
+/// A recording restarter the test keeps a handle on.
+struct Shared(std::sync::Arc<Recorder>);
+
+impl Restarter for Shared {
+    fn restart(&self, unit: &str) -> wasmpod_installer::Result<()> {
+        self.0.restart(unit)
+    }
+}
+
+/// A handler check that answers as told, as containerd would after the restart.
+struct Check(bool);
+
+#[async_trait::async_trait]
+impl Verifier for Check {
+    async fn verify(&self, socket: &Path, handlers: &[String]) -> wasmpod_installer::Result<()> {
+        match self.0 {
+            true => Ok(()),
+            false => Err(Error::HandlerMissing {
+                address: socket.display().to_string(),
+                missing: handlers.to_vec(),
+                present: vec!["runc".into()],
+            }),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_handler_check_puts_the_previous_config_back_and_restarts_again() {
+    let h = host("plain-v3");
+    let config = "etc/containerd/config.toml";
+    let before = h.read(config);
+    let rec = std::sync::Arc::new(Recorder::default());
+    let mut inst = h.installer(Box::new(Shared(rec.clone())));
+    inst.verifier = Some(Box::new(Check(false)));
+    let e = inst.install().await.unwrap_err();
+    assert!(matches!(e, Error::HandlerMissing { .. }), "{e}");
+    // containerd was restarted on the new config, which it did not serve: it must be back on
+    // the one it served before.
+    assert_eq!(h.read(config), before);
+    assert_eq!(
+        rec.calls(),
+        ["containerd", "containerd"],
+        "restarted on the new config, then on the restored one"
+    );
+    // The next run tries again, and keeps a config whose handlers are served.
+    inst.verifier = Some(Box::new(Check(true)));
+    let r = inst.install().await.unwrap();
+    assert!(r.config_changed && r.restarted.is_some(), "{r:?}");
+    assert!(h.read(config).contains("runtimes.wasmtime"));
+    assert_eq!(rec.calls().len(), 3);
+    // ... and uninstall still restores the original byte for byte.
+    inst.uninstall().await.unwrap();
+    assert_eq!(h.read(config), before);
+}
+
+#[tokio::test]
+async fn a_failed_handler_check_removes_a_config_it_created() {
+    let h = host("missing");
+    let before = h.snapshot();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let mut inst = h.installer(Box::new(Shared(rec.clone())));
+    inst.config_version = Some(ConfigVersion::V2);
+    inst.verifier = Some(Box::new(Check(false)));
+    inst.install().await.unwrap_err();
+    assert!(!h.root().join("etc/containerd/config.toml").exists());
+    assert_eq!(rec.calls().len(), 2);
+    inst.uninstall().await.unwrap();
+    assert_eq!(h.snapshot(), before);
+}
+
+/// The binary's log says what happened, with the real CRI check (nothing serves the socket)
+/// and a restart command that counts.
+#[test]
+fn cli_a_failed_handler_check_restores_the_config_and_says_so() {
+    let h = host("plain-v2");
+    let before = h.read("etc/containerd/config.toml");
+    let count = h.dir.path().join("restarts");
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmpod-installer"))
+        .args([
+            "install",
+            "--skip-label",
+            "--verify",
+            "--verify-timeout",
+            "0",
+        ])
+        .arg("--host-root")
+        .arg(h.root())
+        .arg("--shim")
+        .arg(&h.shim)
+        .arg("--isolated-shim")
+        .arg(h.shim.with_file_name(ISOLATED_SHIM_BINARY))
+        .arg("--containerd-address")
+        .arg(h.dir.path().join("nothing.sock"))
+        .arg("--restart-command")
+        .arg(format!("echo \"$UNIT\" >> {}", count.display()))
+        .arg("--host-pid")
+        .arg(std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the runtime handlers were not verified after the restart: the previous config is restored"),
+        "{err}"
+    );
+    assert!(
+        err.contains("containerd restarted on the restored config"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap(),
+        "containerd\ncontainerd\n"
+    );
+    assert_eq!(h.read("etc/containerd/config.toml"), before);
+}
+
+/// What another tool does to the config after wasmpod's install: a value changed, a runtime
+/// of its own added.
+fn edit_like_another_tool(text: &str) -> String {
+    let edited = text.replace(
+        "sandbox_image = \"registry.k8s.io/pause:3.8\"",
+        "sandbox_image = \"registry.k8s.io/pause:3.10\"",
+    );
+    assert_ne!(edited, text);
+    edited
+        + "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.gvisor]\n  runtime_type = \"io.containerd.runsc.v1\"\n"
+}
+
+#[tokio::test]
+async fn uninstall_keeps_what_other_tools_changed_after_install() {
+    let h = host("plain-v2");
+    let config = "etc/containerd/config.toml";
+    let original = h.read(config);
+    let inst = h.installer(Box::new(Recorder::default()));
+    inst.install().await.unwrap();
+    std::fs::write(
+        h.root().join(config),
+        edit_like_another_tool(&h.read(config)),
+    )
+    .unwrap();
+    // The installer pod starts again (an upgrade, a node reboot): nothing to change.
+    let r = inst.install().await.unwrap();
+    assert!(!r.config_changed, "{r:?}");
+    let u = inst.uninstall().await.unwrap().unwrap();
+    assert!(u.config_changed && u.restarted.is_some(), "{u:?}");
+    // The other tool's edits survive; only wasmpod's runtimes went, every byte else as before.
+    assert_eq!(h.read(config), edit_like_another_tool(&original));
+}
+
+#[tokio::test]
+async fn uninstall_of_a_created_config_keeps_another_tools_additions() {
+    let h = host("missing");
+    let config = "etc/containerd/config.toml";
+    let mut inst = h.installer(Box::new(Recorder::default()));
+    inst.config_version = Some(ConfigVersion::V2);
+    inst.install().await.unwrap();
+    let theirs = "\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n";
+    std::fs::write(h.root().join(config), h.read(config) + theirs).unwrap();
+    inst.uninstall().await.unwrap();
+    let left = h.read(config);
+    assert!(
+        left.contains("config_path = \"/etc/containerd/certs.d\""),
+        "{left}"
+    );
+    assert!(!left.contains("wasmtime"), "{left}");
+    assert!(
+        !left.contains("wasmpod-installer"),
+        "no header claiming uninstall removes it:\n{left}"
+    );
+    assert!(left.starts_with("version = 2\n"), "{left}");
+}
+
+#[tokio::test]
+async fn uninstall_of_a_k3s_template_keeps_the_users_later_lines() {
+    let h = host("k3s");
+    let tmpl = "var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl";
+    let inst = h.installer(Box::new(Recorder::default()));
+    inst.install().await.unwrap();
+    let theirs = "\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/var/lib/rancher/k3s/agent/etc/containerd/certs.d\"\n";
+    std::fs::write(h.root().join(tmpl), h.read(tmpl) + theirs).unwrap();
+    inst.uninstall().await.unwrap();
+    let left = h.read(tmpl);
+    assert_eq!(left, format!("{}\n{theirs}", config::BASE_TEMPLATE));
+}
+
+/// A config in which another project (KWasm, runwasi's docs) registered `name`.
+fn with_foreign_runtime(h: &Host, name: &str) -> String {
+    let config = "etc/containerd/config.toml";
+    let text = h.read(config)
+        + &format!(
+            "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n  runtime_type = \"io.containerd.wasmtime.v1\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}.options]\n    BinaryName = \"/opt/kwasm/bin/containerd-shim-wasmtime-v1\"\n"
+        );
+    std::fs::write(h.root().join(config), &text).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn another_projects_handler_is_never_overwritten_silently() {
+    for name in ["wasmtime", "wasmtime-isolated"] {
+        let e = refused("plain-v2", |r| {
+            let config = r.join("etc/containerd/config.toml");
+            let text = std::fs::read_to_string(&config).unwrap()
+                + &format!(
+                    "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n  runtime_type = \"io.containerd.wasmtime.v1\"\n"
+                );
+            std::fs::write(config, text).unwrap();
+        })
+        .await;
+        assert!(matches!(e, Error::HandlerTaken { .. }), "{e}");
+        let msg = e.to_string();
+        for want in [
+            "/etc/containerd/config.toml",
+            &format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]"),
+            "runtime_type io.containerd.wasmtime.v1",
+            "--take-over-handlers",
+            "nothing was changed",
+        ] {
+            assert!(msg.contains(want), "{want:?} in: {msg}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn take_over_handlers_replaces_the_runtime_and_uninstall_puts_it_back() {
+    let h = host("plain-v2");
+    let config = "etc/containerd/config.toml";
+    let theirs = with_foreign_runtime(&h, "wasmtime");
+    let before = h.snapshot();
+    let mut inst = h.installer(Box::new(Recorder::default()));
+    inst.take_over_handlers = true;
+    inst.install().await.unwrap();
+    let installed = h.read(config);
+    assert_runtimes(&installed, ConfigVersion::V2, Some(true));
+    assert!(
+        !installed.contains("/opt/kwasm"),
+        "none of the old runtime's keys stay:\n{installed}"
+    );
+    assert!(
+        installed.contains("Taken over by wasmpod-installer"),
+        "{installed}"
+    );
+    // Nobody changed it since: the original, byte for byte.
+    inst.uninstall().await.unwrap();
+    assert_eq!(h.snapshot(), before);
+
+    // Changed since by someone else: their change stays, and so does the runtime taken over.
+    inst.install().await.unwrap();
+    std::fs::write(
+        h.root().join(config),
+        edit_like_another_tool(&h.read(config)),
+    )
+    .unwrap();
+    inst.uninstall().await.unwrap();
+    let left = h.read(config);
+    let doc = config::parse(&left, Path::new("x")).unwrap();
+    let rts = config::runtimes(&doc, ConfigVersion::V2);
+    let w = rts.iter().find(|r| r.name == "wasmtime").unwrap();
+    assert_eq!(w.runtime_type.as_deref(), Some("io.containerd.wasmtime.v1"));
+    assert_eq!(w.runtime_path, None);
+    assert_eq!(
+        w.binary_name.as_deref(),
+        Some("/opt/kwasm/bin/containerd-shim-wasmtime-v1")
+    );
+    assert!(rts.iter().all(|r| r.name != "wasmtime-isolated"), "{left}");
+    assert!(
+        left.contains("gvisor") && left.contains("pause:3.10"),
+        "{left}"
+    );
+    assert_eq!(
+        edit_like_another_tool(&theirs),
+        left,
+        "the other tool's edits and the taken-over runtime, as they were"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_handler_in_k0s_config_is_refused() {
+    let e = refused("k0s", |r| {
+        let main = r.join("etc/k0s/containerd.toml");
+        let text = std::fs::read_to_string(&main).unwrap()
+            + "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime-isolated]\n  runtime_type = \"io.containerd.wasmtime.v1\"\n";
+        std::fs::write(main, text).unwrap();
+    })
+    .await;
+    assert!(matches!(e, Error::HandlerTaken { .. }), "{e}");
+    assert!(e.to_string().contains("/etc/k0s/containerd.toml"), "{e}");
+}
+
+/// Holds the installer's lock the way another installer run would (flock on the lock file).
+fn hold_lock(inst: &Installer) -> nix::fcntl::Flock<std::fs::File> {
+    let path = inst.lock_file();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap()
+}
+
+#[tokio::test]
+async fn two_installer_runs_on_one_node_take_turns() {
+    let h = host("plain-v2");
+    let config = "etc/containerd/config.toml";
+    let before = h.read(config);
+    let inst = h.installer(Box::new(Recorder::default()));
+    assert_eq!(inst.lock_file(), h.root().join("var/lib/wasmpod.lock"));
+    let other = hold_lock(&inst);
+    let install = inst.install();
+    tokio::pin!(install);
+    tokio::select! {
+        r = &mut install => panic!("install ran while another run held the lock: {r:?}"),
+        _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => {}
+    }
+    assert_eq!(h.read(config), before, "nothing written while waiting");
+    drop(other);
+    install.await.unwrap();
+    assert!(h.read(config).contains("runtimes.wasmtime"));
+    // uninstall waits too, and leaves no lock file behind
+    let other = hold_lock(&inst);
+    let uninstall = inst.uninstall();
+    tokio::pin!(uninstall);
+    tokio::select! {
+        r = &mut uninstall => panic!("uninstall ran while another run held the lock: {r:?}"),
+        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+    }
+    drop(other);
+    uninstall.await.unwrap();
+    assert_eq!(h.read(config), before);
+    assert!(!inst.lock_file().exists());
+}
+
+#[test]
+fn cli_waits_for_the_lock_and_says_so() {
+    let h = host("plain-v2");
+    let inst = h.installer(Box::new(Recorder::default()));
+    let other = hold_lock(&inst);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmpod-installer"))
+        .args(["install", "--no-restart", "--skip-label", "--host-root"])
+        .arg(h.root())
+        .arg("--shim")
+        .arg(&h.shim)
+        .arg("--isolated-shim")
+        .arg(h.shim.with_file_name(ISOLATED_SHIM_BINARY))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it must wait for the lock"
+    );
+    drop(other);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("another wasmpod-installer is installing or uninstalling on this node: waiting for it to finish"),
+        "{err}"
+    );
+    assert!(h
+        .read("etc/containerd/config.toml")
+        .contains("runtimes.wasmtime"));
+}
+
+#[test]
+fn cli_take_over_handlers_flag() {
+    let h = host("plain-v2");
+    with_foreign_runtime(&h, "wasmtime-isolated");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wasmpod-installer"))
+            .args(["install", "--no-restart", "--skip-label", "--host-root"])
+            .arg(h.root())
+            .arg("--shim")
+            .arg(&h.shim)
+            .arg("--isolated-shim")
+            .arg(h.shim.with_file_name(ISOLATED_SHIM_BINARY))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is another project's") && err.contains("--take-over-handlers"),
+        "{err}"
+    );
+    let out = run(&["--take-over-handlers"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
