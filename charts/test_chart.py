@@ -122,8 +122,8 @@ def test_default_render(tmp_path):
         assert rc["handler"] == name
         assert rc["scheduling"]["nodeSelector"] == {"wasmpod.dev/wasmtime": "ready"}
         assert "tolerations" not in rc["scheduling"]
-    assert rcs["wasmtime"]["overhead"]["podFixed"] == {"cpu": "5m", "memory": "2Mi"}
-    assert rcs["wasmtime-isolated"]["overhead"]["podFixed"]["memory"] != "2Mi"
+    assert rcs["wasmtime"]["overhead"]["podFixed"] == {"cpu": "5m", "memory": "4Mi"}
+    assert rcs["wasmtime-isolated"]["overhead"]["podFixed"]["memory"] != "4Mi"
 
     (ds,) = by_kind(objs, "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
@@ -283,7 +283,7 @@ def test_deploy_examples_parse():
 
 
 def test_runtimeclass_subcommand_agrees_with_the_chart():
-    r = subprocess.run([INSTALLER, "runtimeclass", "--overhead-cpu", "5m", "--overhead-memory", "2Mi",
+    r = subprocess.run([INSTALLER, "runtimeclass", "--overhead-cpu", "5m", "--overhead-memory", "4Mi",
                         "--handlers", "wasmtime"], capture_output=True, text=True, check=True)
     (cli,) = [d for d in yaml.safe_load_all(r.stdout) if d]
     (chart,) = [rc for rc in by_kind(objects(render()), "RuntimeClass") if rc["metadata"]["name"] == "wasmtime"]

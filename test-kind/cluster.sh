@@ -490,11 +490,9 @@ node_values() {
 		--set "installer.restartCommand=bash $ROOT/test-kind/cluster.sh restart-containerd"
 		--set "installer.binDir=$RUN/wasmpod/bin" --set "installer.stateDir=$RUN/wasmpod/state"
 		--set installer.checkInterval=5
-		# The pod's shim process lives in the pod's cgroup, whose limit is the containers'
-		# limits plus this overhead. A debug shim charges ~10 MiB idle and more once a guest
-		# runs (the release one far less), so the chart's 2Mi would let the kernel OOM-kill
-		# the shim before the engine refuses the guest's grow (seen: memhog exit 255, Error).
-		--set-string runtimeClasses.wasmtime.overhead.memory=64Mi
+		# The chart's own overhead, although a debug shim charges the pod cgroup ~10 MiB:
+		# the engine holds guests to the pod cgroup's headroom, so the memhog still ends
+		# OOMKilled, the shim never (before that, the kernel killed it: exit 255, Error).
 		# This VM's PID 1 hides its namespaces; the supervisor that runs containerd is in the
 		# host's, as systemd would be.
 		--set "installer.hostPid=$(cat "$RUN/pids/containerd-supervisor.pid" 2>/dev/null || echo 1)"

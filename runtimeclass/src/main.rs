@@ -101,7 +101,7 @@ enum Cmd {
         /// overhead.podFixed.cpu (e.g. 10m).
         #[arg(long)]
         overhead_cpu: Option<String>,
-        /// overhead.podFixed.memory (e.g. 2Mi).
+        /// overhead.podFixed.memory (e.g. 4Mi).
         #[arg(long)]
         overhead_memory: Option<String>,
     },
