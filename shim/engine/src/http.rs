@@ -113,6 +113,13 @@ impl Engine {
         drain: impl Future<Output = ()>,
     ) -> Exit {
         let stderr = ctx.stderr.as_ref().and_then(|f| f.try_clone().ok());
+        // Every request's instance runs under this meter: with the container's identity.
+        if let Some(identity) = &ctx.identity {
+            if let Err(e) = meter.set_identity(identity.clone()) {
+                let _ = fail(stderr, format!("cannot run as the container's user: {e}"));
+                return Exit::Code(1);
+            }
+        }
         // Checked once here so that a bad preopen fails the container, not every request.
         if let Err(e) = wasi_builder(GuestContext {
             preopens: ctx.preopens.clone(),
@@ -308,6 +315,8 @@ struct Template {
     preopens: Vec<Preopen>,
     stdout: Option<Arc<File>>,
     stderr: Option<Arc<File>>,
+    /// File operations on the request's own thread, which has the container's identity.
+    as_user: bool,
 }
 
 impl Template {
@@ -319,11 +328,13 @@ impl Template {
             preopens: ctx.preopens,
             stdout: ctx.stdout.map(Arc::new),
             stderr: ctx.stderr.map(Arc::new),
+            as_user: ctx.identity.is_some_and(|i| !i.is_root()),
         }
     }
 
     fn wasi(&self, label: &Arc<str>) -> WasiCtx {
         let mut b = WasiCtxBuilder::new();
+        b.allow_blocking_current_thread(self.as_user);
         b.args(&self.args);
         b.envs(&self.env);
         if let Some(cwd) = &self.cwd {
