@@ -490,9 +490,12 @@ node_values() {
 		--set "installer.restartCommand=bash $ROOT/test-kind/cluster.sh restart-containerd"
 		--set "installer.binDir=$RUN/wasmpod/bin" --set "installer.stateDir=$RUN/wasmpod/state"
 		--set installer.checkInterval=5
-		# The chart's own overhead, although a debug shim charges the pod cgroup ~10 MiB:
-		# the engine holds guests to the pod cgroup's headroom, so the memhog still ends
-		# OOMKilled, the shim never (before that, the kernel killed it: exit 255, Error).
+		# The pod's shim process lives in the pod's cgroup. The engine holds guests to its
+		# headroom (the memhog ends OOMKilled with the chart's 4Mi too: tried), but compiling
+		# is not bounded, and the debug shim's unoptimised Cranelift needs tens of MiB for
+		# the HTTP handler: with 4Mi the kernel killed it mid-compile, every restart again
+		# (CrashLoopBackOff). A release shim needs far less (README, Limits).
+		--set-string runtimeClasses.wasmtime.overhead.memory=64Mi
 		# This VM's PID 1 hides its namespaces; the supervisor that runs containerd is in the
 		# host's, as systemd would be.
 		--set "installer.hostPid=$(cat "$RUN/pids/containerd-supervisor.pid" 2>/dev/null || echo 1)"
