@@ -243,19 +243,42 @@ async fn a_pod_cgroup_that_cannot_be_joined_fails_the_pod() {
     assert!(err.contains("Not a directory"), "{err}");
 }
 
+/// HTTP settings the server cannot honour are StartErrors that name the variable, never a
+/// panic of the pod's shim.
 #[tokio::test]
-async fn a_request_timeout_no_deadline_can_hold_is_a_clear_error() {
+async fn http_settings_out_of_range_are_clear_errors() {
     let (bed, mut cri) = connect().await;
-    let pod = cri.run_pod(&bed, "timeout-1e20", HANDLER).await.unwrap();
+    let pod = cri.run_pod(&bed, "http-settings", HANDLER).await.unwrap();
     let neighbour = cri.run(&pod, sleeper()).await.unwrap();
-    let mut spec = ContainerSpec::wasm("app", "hello.wasm", &[]);
-    spec.env = vec![("WASMPOD_HTTP_REQUEST_TIMEOUT".into(), "1e20".into())];
-    let (message, took) = refused(&mut cri, &pod, spec).await;
-    assert!(
-        message.contains("WASMPOD_HTTP_REQUEST_TIMEOUT=1e20: not a positive duration"),
-        "{message}"
-    );
-    assert!(took < PROMPT, "refused after {took:?}");
+    for (i, (name, value, says)) in [
+        (
+            "WASMPOD_HTTP_REQUEST_TIMEOUT",
+            "1e20",
+            "not a positive duration",
+        ),
+        (
+            "WASMPOD_HTTP_MAX_CONNECTIONS",
+            "0",
+            "not a whole number from 1",
+        ),
+        (
+            "WASMPOD_HTTP_MAX_HEADER_BYTES",
+            "10",
+            "not a whole number from 1024",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut spec = ContainerSpec::wasm(&format!("app-{i}"), "hello.wasm", &[]);
+        spec.env = vec![(name.into(), value.into())];
+        let (message, took) = refused(&mut cri, &pod, spec).await;
+        assert!(
+            message.contains(&format!("{name}={value}: {says}")),
+            "{message}"
+        );
+        assert!(took < PROMPT, "refused after {took:?}");
+    }
     pod_still_served(&mut cri, &pod, &neighbour, WORKLOADS).await;
     remove(&mut cri, &pod).await;
 }

@@ -450,7 +450,22 @@ impl Limiter {
         Limiter { meter, held: 0 }
     }
 
+    /// Charges what the host allocates on the guest's behalf (a connection's buffers): held
+    /// to the same limits as the guest's own memory, but a denial is no out-of-memory of the
+    /// guest's.
+    pub fn reserve(&mut self, bytes: u64) -> bool {
+        self.charge(bytes)
+    }
+
     fn grow(&mut self, bytes: u64) -> bool {
+        let allowed = self.charge(bytes);
+        if !allowed {
+            self.meter.oom.store(true, Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    fn charge(&mut self, bytes: u64) -> bool {
         let cap = self.meter.memory_cap.load(Ordering::Relaxed);
         // One atomic step, so that concurrent grows (an HTTP guest's instances) cannot
         // together pass the cap.
@@ -472,7 +487,6 @@ impl Limiter {
             if charged {
                 self.meter.memory.fetch_sub(bytes, Ordering::Relaxed);
             }
-            self.meter.oom.store(true, Ordering::Relaxed);
             return false;
         }
         self.held += bytes;
