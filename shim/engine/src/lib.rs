@@ -7,12 +7,11 @@ pub mod cache;
 mod http;
 mod identity;
 mod meter;
+mod ticker;
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, ResourceTable};
@@ -172,8 +171,7 @@ pub struct Engine {
     modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
     cache: Option<cache::Cache>,
-    ticker_stop: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
+    ticker: ticker::Ticker,
     /// The guests running on this engine, sharing its threads by `cpu.shares`.
     cpu: Arc<meter::CpuGroup>,
 }
@@ -211,27 +209,14 @@ impl Engine {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)
             .map_err(|e| EngineError::Config(format!("{e:?}")))?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let engine = engine.clone();
-            let stop = ticker_stop.clone();
-            std::thread::Builder::new()
-                .name("wasmpod-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| EngineError::Config(format!("cannot start epoch thread: {e}")))?
-        };
+        let ticker = ticker::Ticker::start(engine.clone(), EPOCH_TICK)
+            .map_err(|e| EngineError::Config(format!("cannot start epoch thread: {e}")))?;
         Ok(Engine {
             engine,
             modules,
             components,
             cache: None,
-            ticker_stop,
-            ticker: Some(ticker),
+            ticker,
             cpu: Arc::default(),
         })
     }
@@ -366,7 +351,7 @@ impl Engine {
         };
         let clock = Arc::new(TaskClock::default());
         let call = self.call(program, builder, capacity, meter.clone(), clock.clone());
-        let result = meter::Metered::new(meter.clone(), clock, self.cpu.clone(), call).await;
+        let result = meter::Metered::new(meter.clone(), clock, self.group(), call).await;
         let exit = match result {
             Ok(code) => Exit::Code(code),
             Err(e) => match e.downcast_ref::<I32Exit>() {
@@ -460,17 +445,22 @@ impl Engine {
         store
     }
 
+    /// Epoch ticks so far (the ticker's own tests, and the engine's).
+    #[cfg(test)]
+    fn epoch_ticks(&self) -> u64 {
+        self.ticker.ticks().count()
+    }
+
+    /// What a guest's future needs of the engine: its CPU group and its epoch.
+    fn group(&self) -> meter::Group {
+        meter::Group {
+            cpu: self.cpu.clone(),
+            ticks: self.ticker.ticks(),
+        }
+    }
+
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.engine
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ticker.take() {
-            let _ = t.join();
-        }
     }
 }
 

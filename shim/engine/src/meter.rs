@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::identity::{AsIdentity, Identity};
+use crate::ticker::Ticks;
 
 /// Bytes kept out of a container's memory limit for what the host holds on the guest's
 /// behalf (WASI state, I/O buffers): a sixteenth of the limit, at least 1 MiB, at most 8 MiB.
@@ -210,16 +211,24 @@ pub struct Metered<F> {
     meter: Arc<Meter>,
     clock: Arc<TaskClock>,
     group: Arc<CpuGroup>,
+    ticks: Ticks,
     inner: Pin<Box<F>>,
 }
 
+/// The engine's parts a guest's future runs with.
+pub struct Group {
+    pub cpu: Arc<CpuGroup>,
+    pub ticks: Ticks,
+}
+
 impl<F: Future> Metered<F> {
-    pub fn new(meter: Arc<Meter>, clock: Arc<TaskClock>, group: Arc<CpuGroup>, inner: F) -> Self {
-        group.join(&meter);
+    pub fn new(meter: Arc<Meter>, clock: Arc<TaskClock>, group: Group, inner: F) -> Self {
+        group.cpu.join(&meter);
         Metered {
             meter,
             clock,
-            group,
+            group: group.cpu,
+            ticks: group.ticks,
             inner: Box::pin(inner),
         }
     }
@@ -244,7 +253,11 @@ impl<F: Future> Future for Metered<F> {
                 std::process::abort()
             })
         });
+        // The epoch advances while the guest may be executing, and only then.
+        let ticks = self.ticks.clone();
+        let running = ticks.running();
         let out = self.inner.as_mut().poll(cx);
+        drop(running);
         drop(identity);
         let spent = thread_cpu_ns().saturating_sub(before);
         self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);

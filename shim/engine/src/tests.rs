@@ -77,6 +77,29 @@ fn trap_is_nonzero_and_reported_on_stderr() {
     assert!(err.contains("unreachable"), "{err}");
 }
 
+/// Sleeps 500 ms in `poll_oneoff` (one relative clock subscription), then exits 0.
+const SLEEP: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; subscription at 0: userdata 0, tag 0 (clock), clock id 1 (monotonic) at 16,
+    ;; timeout at 24 in ns, precision 0, flags 0 (relative)
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 500000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+
+#[test]
+fn an_idle_guest_costs_no_epoch_ticks() {
+    let e = engine();
+    let before = e.epoch_ticks();
+    assert_eq!(run(&e, &wat(SLEEP), GuestContext::default()), Exit::Code(0));
+    let ticks = e.epoch_ticks() - before;
+    // 500 ms at a tick every 10 ms would be 50; a guest asleep in a host call needs none
+    // (the few are instantiation and the tick under way when it fell asleep).
+    assert!(ticks <= 5, "{ticks} ticks while the guest slept");
+}
+
 #[test]
 fn spinning_guest_yields_so_it_can_be_cancelled() {
     let e = engine();

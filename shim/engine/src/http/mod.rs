@@ -271,7 +271,7 @@ impl Server {
                 .call_handle(&mut store, req, out)
                 .await
         };
-        let guest = meter::Metered::new(self.meter.clone(), clock, self.engine.cpu.clone(), guest);
+        let guest = meter::Metered::new(self.meter.clone(), clock, self.engine.group(), guest);
         let timeout = self.config.request_timeout;
         let mut alive = self.alive.clone();
         let server = self.clone();
