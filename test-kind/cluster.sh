@@ -249,11 +249,13 @@ EOF
 	cp "$c/config.toml" "$RUN/containerd-config.before.toml"
 }
 
-# containerd under a small supervisor, as systemd would run it: SIGHUP to the supervisor
-# restarts containerd (the shims, and so the pods, keep running), SIGTERM stops it.
+# containerd under a small supervisor, as systemd would run it: SIGUSR1 to the supervisor
+# restarts containerd (the shims, and so the pods, keep running), SIGTERM stops it. Not
+# SIGHUP: under `nohup make test` it is ignored from the start, and bash cannot trap a signal
+# ignored on entry, so the restart would silently never happen.
 cmd_supervise() {
 	local cpid="" want=run
-	trap 'want=restart; [ -z "$cpid" ] || kill -TERM "$cpid"' HUP
+	trap 'want=restart; [ -z "$cpid" ] || kill -TERM "$cpid"' USR1
 	trap 'want=stop; [ -z "$cpid" ] || kill -TERM "$cpid"' TERM
 	while :; do
 		WASMPOD_CACHE_DIR=$RUN/wasmpod-cache PATH="$RUN/containerd-bin:/usr/sbin:/usr/bin:/sbin:/bin" \
@@ -277,7 +279,7 @@ cmd_restart_containerd() {
 	local old
 	old=$(cat "$RUN/pids/containerd.pid" 2>/dev/null || true)
 	log "restarting containerd (pid $old)"
-	kill -HUP "$(cat "$RUN/pids/containerd-supervisor.pid")"
+	kill -USR1 "$(cat "$RUN/pids/containerd-supervisor.pid")"
 	for _ in $(seq 300); do
 		local now
 		now=$(cat "$RUN/pids/containerd.pid" 2>/dev/null || true)
