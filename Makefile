@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build release lint unit e2e test demo bench bench-wasmtime clean installer-test chart-test installer-live installer-image
+.PHONY: help build release lint unit e2e test demo bench bench-density bench-wasmtime clean installer-test chart-test installer-live installer-image
 .PHONY: kind-test kind-check image chart-lint install deps cluster-up cluster-down cluster-test components
 
 help: ## list the targets
@@ -92,6 +92,9 @@ demo: ## set up the test bed and run a Wasm pod through containerd's CRI (root)
 
 bench: ## start-up, memory and HTTP figures for wasmpod vs runc / native / wasmtime serve (root)
 	bash e2e/bench.sh
+
+bench-density: ## only the density table and plot: DENSITY pods per runtime (default 1000; runc at most 200)
+	DENSITY=$${DENSITY:-1000} bash e2e/bench.sh density
 
 bench-wasmtime: ## build wasmtime-cli 48 for `wasmtime serve` in make bench (slow: ~20 min on 2 cores)
 	cargo install wasmtime-cli --version 48.0.8 --locked --root $${WASMPOD_TESTBED:-/var/tmp/wasmpod-testbed}/wasmtime-cli

@@ -11,6 +11,10 @@ const RUNS: usize = 20;
 const WARMUP: usize = 2;
 /// Idle pods measured together for the memory figure.
 const PODS: usize = 10;
+/// Pods per runtime in the density section, unless `DENSITY` says otherwise.
+const DENSITY: usize = 200;
+
+mod density;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -20,6 +24,10 @@ async fn main() -> Result<()> {
     // `bench pod-charge`: only the pod cgroup figure (what the chart's overhead is set from).
     if std::env::args().nth(1).as_deref() == Some("pod-charge") {
         return pod_cgroup_charge(&bed, &mut cri).await;
+    }
+    // `bench density`: only the density section (`make bench-density DENSITY=1000`).
+    if std::env::args().nth(1).as_deref() == Some("density") {
+        return density_section(&bed).await;
     }
     println!(
         "wasmpod bench: containerd {}, {RUNS} runs each after {WARMUP} warm-up runs",
@@ -132,6 +140,49 @@ async fn main() -> Result<()> {
         runc_pss as f64 / 1024.0
     );
     pod_cgroup_charge(&bed, &mut cri).await?;
+    density_section(&bed).await
+}
+
+/// The density table for wasmtime, wasmtime-isolated and runc, and its CSV for the plot.
+async fn density_section(bed: &Bed) -> Result<()> {
+    let n = match std::env::var("DENSITY") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("DENSITY={v}: not a pod count"))?,
+        Err(_) => DENSITY,
+    };
+    let sleeping = ContainerSpec::wasm("idle", "sleep.wasm", &["3600"]);
+    let runtimes = [
+        density::Runtime {
+            label: "wasmtime",
+            handler: HANDLER,
+            shim: "containerd-shim-wasmtime-v1",
+            spec: sleeping.clone(),
+        },
+        density::Runtime {
+            label: "wasmtime-isolated",
+            handler: ISOLATED,
+            shim: "containerd-shim-wasmtime-isolated-v1",
+            spec: sleeping,
+        },
+        density::Runtime {
+            label: "runc",
+            handler: "runc",
+            shim: "containerd-shim-runc-v2",
+            spec: ContainerSpec {
+                name: "idle".into(),
+                image: BUSYBOX.into(),
+                command: vec!["/bin/busybox".into()],
+                args: vec!["sleep".into(), "3600".into()],
+                ..Default::default()
+            },
+        },
+    ];
+    let csv = density::run(bed, &runtimes, n).await?;
+    let out = Path::new("target/bench");
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("density.csv"), csv)?;
+    println!("density curves: {}", out.join("density.csv").display());
     Ok(())
 }
 
