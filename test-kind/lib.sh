@@ -124,6 +124,25 @@ push_images() {
 	done
 }
 
+# work_pods_ratio: runs wasm-work-free, then wasm-work-limited (200m), and succeeds when the
+# limited one took at least 3x as long; WORK_RATIO says what was measured.
+WORK_RATIO=""
+work_pods_ratio() {
+	local name free_ms limited_ms
+	run kubectl -n "$TNS" delete pod wasm-work-free wasm-work-limited --ignore-not-found --wait
+	for name in free limited; do
+		run kubectl apply -f "$HERE/workloads/work-pods.yaml" -l "wasmpod.dev/work=$name"
+		run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded "pod/wasm-work-$name" --timeout 300s
+	done
+	[ "$DRY_RUN" = 0 ] || return 0
+	# "work: N ms (x)" -> N
+	free_ms=$(out kubectl -n "$TNS" logs wasm-work-free | sed -n 's/^work: \([0-9]*\) ms.*/\1/p')
+	limited_ms=$(out kubectl -n "$TNS" logs wasm-work-limited | sed -n 's/^work: \([0-9]*\) ms.*/\1/p')
+	if [ -z "$free_ms" ] || [ -z "$limited_ms" ]; then fail "no 'work: N ms' line in the wasm-work pods' logs"; fi
+	WORK_RATIO="$limited_ms ms vs $free_ms ms unlimited"
+	[ "$limited_ms" -ge $((3 * free_ms)) ]
+}
+
 # check_workloads: every workload in test-kind/workloads/ with assertions on real results.
 check_workloads() {
 	step "workloads"
@@ -181,20 +200,15 @@ check_workloads() {
 	expect "wasm-memhog exitCode" "$code" 137
 
 	echo "-- Pods wasm-work-*: a 200m CPU limit slows the same work at least 3x"
-	run kubectl apply -f "$HERE/workloads/work-pods.yaml"
-	run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wasm-work-free pod/wasm-work-limited --timeout 300s
-	local free limited
-	free=$(out kubectl -n "$TNS" logs wasm-work-free)
-	limited=$(out kubectl -n "$TNS" logs wasm-work-limited)
-	if [ "$DRY_RUN" = 0 ]; then
-		# "work: N ms (x)" -> N
-		local free_ms limited_ms
-		free_ms=$(sed -n 's/^work: \([0-9]*\) ms.*/\1/p' <<<"$free")
-		limited_ms=$(sed -n 's/^work: \([0-9]*\) ms.*/\1/p' <<<"$limited")
-		if [ -z "$free_ms" ] || [ -z "$limited_ms" ]; then fail "no 'work: N ms' line: '$free' / '$limited'"; fi
-		[ "$limited_ms" -ge $((3 * free_ms)) ] || fail "200m limit: $limited_ms ms vs $free_ms ms unlimited (want >= 3x)"
-		ok "200m limit: $limited_ms ms vs $free_ms ms unlimited"
-	fi
+	# One after the other, so the unlimited run's time is the work's and not the node's
+	# contention; once more if the node was busy (pods of the steps before still ending).
+	local attempt ratio_ok=0
+	for attempt in 1 2; do
+		work_pods_ratio && ratio_ok=1 && break
+		echo "   (attempt $attempt: the node may have been busy; once more)"
+	done
+	[ "$ratio_ok" = 1 ] || fail "200m limit: $WORK_RATIO (want >= 3x)"
+	ok "200m limit: $WORK_RATIO"
 
 	echo "-- Pod wasm-readfile: reads a mounted ConfigMap"
 	run kubectl -n "$TNS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/wasm-readfile --timeout 180s
