@@ -52,7 +52,13 @@ on_failure() {
 	set +e
 	step "failed: the cluster's state"
 	kubectl get nodes,pods -A -o wide
-	kubectl -n "$TNS" describe pods 2>/dev/null | tail -n 80
+	# Every pod that is not running or done, whole (its events say why), not the last lines
+	# of all of them.
+	local pod
+	for pod in $(kubectl -n "$TNS" get pods -o name \
+		--field-selector=status.phase!=Running,status.phase!=Succeeded 2>/dev/null); do
+		kubectl -n "$TNS" describe "$pod"
+	done
 	kubectl -n "$NS" logs -l app.kubernetes.io/component=installer --tail 40
 	local l
 	for l in "$RUN"/logs/*.log; do
