@@ -344,7 +344,8 @@ async fn an_idle_pod_wakes_no_thread() {
         .await
         .unwrap();
     let shim = *shim_processes(&pod.id).first().expect("the pod's shim");
-    // Settle: the start's own work (containerd's calls, the guest reaching its sleep).
+    pod.wait_log("sleeper", "sleeping", WAIT).await.unwrap();
+    // Settle: containerd's own calls after the start.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = context_switches(shim);
     tokio::time::sleep(WINDOW).await;

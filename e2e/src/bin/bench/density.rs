@@ -118,6 +118,12 @@ async fn measure(bed: &Bed, rt: &Runtime, n: usize, csv: &mut String) -> Result<
         pods.push(pod);
         let count = i + 1;
         if count % sample_every == 0 || count == n {
+            // A thousand pods take minutes: say how far it is.
+            eprintln!(
+                "density: {} {count}/{n} pods started ({:.0} s)",
+                rt.label,
+                t.elapsed().as_secs_f64()
+            );
             let (_, pss) = pod_processes(rt, &pods);
             let sys = mem_used_kib().saturating_sub(sys0);
             let _ = writeln!(
