@@ -192,6 +192,25 @@ async fn the_memory_limit_bounds_each_request() {
     s.stop().await;
 }
 
+/// What one request's instance can make the host hold (header maps, bodies, streams: entries
+/// of its resource table) is capped at the container's descriptor limit (containerd's
+/// default spec: 1024): 2,000 header maps of 1 KiB fail that request, not the server.
+#[tokio::test]
+async fn a_request_s_host_resources_are_capped_at_the_descriptor_limit() {
+    let s = serve("http-fields", &[], None).await;
+    let r = get(&s.addr, "/fields/500").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "held 500 fields"));
+    let r = get(&s.addr, "/fields/2000").await.unwrap();
+    assert_eq!(r.status, 500, "past the cap: {}", r.body);
+    s.pod
+        .wait_log("server", "resource table", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let r = get(&s.addr, "/").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, HELLO), "and serves on");
+    s.stop().await;
+}
+
 /// The CPU limit holds for all the requests together, not per request.
 #[tokio::test]
 async fn the_cpu_limit_bounds_all_requests_together() {

@@ -11,6 +11,7 @@
 //! | `/sleep/MS` | waits MS milliseconds (a WASI timer), replies `slept MS` |
 //! | `/memory/MIB` | allocates and touches MIB MiB, replies `allocated MIB MiB` |
 //! | `/fetch/HOST:PORT/PATH` | GET http://HOST:PORT/PATH through wasi:http/outgoing-handler, relays status and body |
+//! | `/fields/N` | makes and holds N header maps (`fields`) of 1 KiB each, replies `held N fields` |
 //! | `/trap` | traps before replying |
 //! | `/spin` | spins forever |
 
@@ -76,6 +77,22 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 )
             }
             ["fetch", target] => fetch(target),
+            ["fields", n] => {
+                let n: usize = n.parse().unwrap_or(0);
+                let value = vec![b'x'; 1024];
+                let held: Vec<Fields> = (0..n)
+                    .map(|_| {
+                        let f = Fields::new();
+                        let _ = f.append("x-held", &value);
+                        f
+                    })
+                    .collect();
+                (
+                    200,
+                    vec![],
+                    format!("held {} fields", held.len()).into_bytes(),
+                )
+            }
             ["trap"] => panic!("the handler was asked to trap"),
             ["spin"] => {
                 let mut x: u64 = 0;

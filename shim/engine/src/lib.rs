@@ -4,6 +4,7 @@
 //! exit status back.
 
 pub mod cache;
+mod descriptors;
 mod http;
 mod identity;
 mod meter;
@@ -101,15 +102,19 @@ pub struct GuestContext {
 /// The descriptor limit of a container whose spec sets none, as containerd's default spec.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
 
-/// A guest's descriptors are entries of its resource table, beside the few its stdio,
-/// preopens and a call's pollables and streams take: the table holds the container's limit
-/// plus these. A guest past it gets a trap naming the full table, and the shim's own
-/// descriptors, shared by the pod, are never used up by one guest.
-const TABLE_SLACK: u64 = 64;
+/// A guest's descriptors are entries of its resource table, as are the short-lived streams
+/// and pollables of its calls: the table holds the container's limit plus these. A module
+/// that opens past the limit gets EMFILE (`descriptors`), a component a trap naming the full
+/// table; either way the shim's own descriptors, shared by the pod, are never used up by one
+/// guest.
+const TABLE_SLACK: usize = 64;
 
-fn table_capacity(open_files: Option<u64>) -> usize {
+/// The container's descriptor limit in resource table entries.
+fn descriptor_limit(open_files: Option<u64>) -> usize {
     let files = open_files.unwrap_or(DEFAULT_OPEN_FILES);
-    usize::try_from(files.saturating_add(TABLE_SLACK)).unwrap_or(usize::MAX)
+    usize::try_from(files)
+        .unwrap_or(usize::MAX)
+        .min(usize::MAX - TABLE_SLACK)
 }
 
 /// How a guest ended.
@@ -137,6 +142,7 @@ impl Exit {
 pub struct ModuleState {
     wasi: WasiP1Ctx,
     limiter: meter::Limiter,
+    descriptors: descriptors::Descriptors,
 }
 
 pub struct ComponentState {
@@ -201,6 +207,8 @@ impl Engine {
         let engine = build_engine()?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.wasi)
+            .map_err(|e| EngineError::Config(format!("{e:?}")))?;
+        descriptors::add_to_linker(&mut modules)
             .map_err(|e| EngineError::Config(format!("{e:?}")))?;
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components)
@@ -336,7 +344,7 @@ impl Engine {
     /// then drop the future) stops even a guest that never calls the host within one tick.
     pub async fn run(&self, program: &Program, ctx: GuestContext, meter: Arc<Meter>) -> Exit {
         let stderr = ctx.stderr.as_ref().and_then(|f| f.try_clone().ok());
-        let capacity = table_capacity(ctx.open_files);
+        let files = descriptor_limit(ctx.open_files);
         if let Some(identity) = &ctx.identity {
             if let Err(e) = meter.set_identity(identity.clone()) {
                 return fail(stderr, format!("cannot run as the container's user: {e}"));
@@ -350,7 +358,7 @@ impl Engine {
             Err(e) => return fail(stderr, e.to_string()),
         };
         let clock = Arc::new(TaskClock::default());
-        let call = self.call(program, builder, capacity, meter.clone(), clock.clone());
+        let call = self.call(program, builder, files, meter.clone(), clock.clone());
         let result = meter::Metered::new(meter.clone(), clock, self.group(), call).await;
         let exit = match result {
             Ok(code) => Exit::Code(code),
@@ -375,17 +383,19 @@ impl Engine {
         &self,
         program: &Program,
         mut builder: WasiCtxBuilder,
-        table_capacity: usize,
+        files: usize,
         meter: Arc<Meter>,
         clock: Arc<TaskClock>,
     ) -> wasmtime::Result<i32> {
         match program {
             Program::Module(module) => {
                 let mut wasi = builder.build_p1();
-                wasi.ctx().table.set_max_capacity(table_capacity);
+                let capacity = files + TABLE_SLACK;
+                wasi.ctx().table.set_max_capacity(capacity);
                 let state = ModuleState {
                     wasi,
                     limiter: meter::Limiter::new(meter.clone()),
+                    descriptors: descriptors::Descriptors::new(files, capacity),
                 };
                 let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
                 let instance = self.modules.instantiate_async(&mut store, module).await?;
@@ -395,7 +405,7 @@ impl Engine {
             }
             Program::Component(pre) => {
                 let mut table = ResourceTable::new();
-                table.set_max_capacity(table_capacity);
+                table.set_max_capacity(files + TABLE_SLACK);
                 let state = ComponentState {
                     wasi: builder.build(),
                     http: WasiHttpCtx::new(),

@@ -180,6 +180,68 @@ fn read_only_preopen_refuses_writes() {
     assert!(!dir.join("f").exists());
 }
 
+/// Opens "f" in the preopen without end, keeping every descriptor; on the first error it
+/// writes "refused after NN\n" (the files it held, two digits) and exits with the errno.
+const FD_LEAK: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "f")
+  (data (i32.const 32) "refused after NN\n")
+  (func (export "_start") (local $n i32) (local $errno i32)
+    (block $done
+      (loop $again
+        (local.set $errno (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 1)
+          (i32.const 0) (i64.const 0x2) (i64.const 0) (i32.const 0) (i32.const 16)))
+        (br_if $done (local.get $errno))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br $again)))
+    (i32.store8 (i32.const 46) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $n) (i32.const 10)) (i32.const 10))))
+    (i32.store8 (i32.const 47) (i32.add (i32.const 48) (i32.rem_u (local.get $n) (i32.const 10))))
+    (i32.store (i32.const 64) (i32.const 32))
+    (i32.store (i32.const 68) (i32.const 17))
+    (drop (call $w (i32.const 1) (i32.const 64) (i32.const 1) (i32.const 72)))
+    (call $exit (local.get $errno))))"#;
+
+/// A module past its descriptor limit gets EMFILE (33) where the kernel would give it, and can
+/// still write (the table's slack serves its streams), instead of trapping on a full table.
+#[test]
+fn a_module_past_its_descriptor_limit_gets_emfile() {
+    let dir = tempdir();
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    let out = dir.join("out");
+    let ctx = GuestContext {
+        preopens: vec![Preopen {
+            host: dir.clone(),
+            guest: "/".into(),
+            read_only: true,
+        }],
+        stdout: Some(File::create(&out).unwrap()),
+        open_files: Some(32),
+        ..Default::default()
+    };
+    let exit = run(&engine(), &wat(FD_LEAK), ctx);
+    let said = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        exit,
+        Exit::Code(33),
+        "EMFILE, not a trap; the guest said {said:?}"
+    );
+    let held: usize = said
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said:?}"));
+    // The limit counts stdio and the preopen too, as the kernel counts 0, 1 and 2.
+    assert!(
+        (24..32).contains(&held),
+        "{held} files held under a limit of 32"
+    );
+}
+
 fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "wasmpod-engine-{}-{}",

@@ -83,7 +83,9 @@ impl Engine {
             let _ = writeln!(f, "wasmpod: serving HTTP on {}", config.address);
         }
         let (alive, alive_rx) = watch::channel(());
+        let table_capacity = crate::descriptor_limit(ctx.open_files) + crate::TABLE_SLACK;
         let server = Arc::new(Server {
+            table_capacity,
             engine: self.clone(),
             pre: pre.clone(),
             meter,
@@ -151,6 +153,8 @@ struct Server {
     meter: Arc<Meter>,
     template: Template,
     config: HttpConfig,
+    /// Each instance's resource table cap: the container's descriptor limit and the slack.
+    table_capacity: usize,
     /// One permit per request whose instance may run now.
     turns: Arc<Semaphore>,
     requests: AtomicU64,
@@ -242,10 +246,14 @@ impl Server {
         label: Arc<str>,
         turn: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        // The cap bounds what one instance can make the host hold too: its fields, bodies
+        // and streams are table entries.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.table_capacity);
         let state = ComponentState {
             wasi: self.template.wasi(&label),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table,
             limiter: Limiter::new(self.meter.clone()),
         };
         let clock = Arc::new(TaskClock::default());
