@@ -161,7 +161,7 @@ fn inactive_file(dir: &Path, v2: bool) -> u64 {
         .unwrap_or(0)
 }
 
-impl crate::engine::MemorySource for MemoryLimits {
+impl wasmpod_engine::MemorySource for MemoryLimits {
     fn reading(&self, precise: bool) -> Option<(u64, u64)> {
         let usage_file = if self.v2 {
             "memory.current"
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn memory_limits_are_read_from_the_tightest_cgroup() {
-        use crate::engine::MemorySource;
+        use wasmpod_engine::MemorySource;
         let t = tempfile::tempdir().unwrap();
         let mount = t.path();
         let put = |dir: &str, limit: &str, usage: u64, inactive: u64| {

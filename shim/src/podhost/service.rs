@@ -37,9 +37,9 @@ use tokio::sync::watch;
 
 use super::cgroup::{self, PodCgroup};
 use super::spec;
-use crate::engine::{Engine, Exit, GuestContext, HttpConfig, Meter, ProcessMemory, Program};
 use crate::error::Error;
-use crate::image::{Containerd, ImageError};
+use wasmpod_engine::{Engine, Exit, GuestContext, HttpConfig, Meter, ProcessMemory, Program};
+use wasmpod_image::{Containerd, ImageError};
 use wasmpod_oci::{LookupError, SizeBound};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -487,7 +487,7 @@ impl Service {
         let bound = SizeBound::for_module(spec::limits(spec).memory);
         let missing = match spec::module_path(spec) {
             Ok((name, path)) => match wasmpod_oci::read_regular(rootfs, &path, &bound) {
-                Ok(bytes) if crate::engine::wasm_kind(&bytes).is_some() => {
+                Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => {
                     return Ok((name, bytes))
                 }
                 Ok(bytes) => {
@@ -759,7 +759,8 @@ impl Task for Service {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    // containerd polls this: at debug, so that the shim's log keeps to what happens.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         no_exec(&req.exec_id)?;
         let containers = self.containers();
@@ -786,7 +787,8 @@ impl Task for Service {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    // containerd polls this: at debug, so that the shim's log keeps to what happens.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         no_exec(&req.exec_id)?;
         let mut rx = {
@@ -819,7 +821,8 @@ impl Task for Service {
         Ok(self.do_delete(&req.id).await?)
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    // containerd polls this: at debug, so that the shim's log keeps to what happens.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         if !self.containers().contains_key(&req.id) {
             return Err(not_found(&req.id).into());
@@ -833,7 +836,8 @@ impl Task for Service {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    // containerd polls this: at debug, so that the shim's log keeps to what happens.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         use containerd_shim::protos::cgroups::metrics::{
             CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics,
@@ -871,7 +875,8 @@ impl Task for Service {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    // containerd polls this: at debug, so that the shim's log keeps to what happens.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn connect(
         &self,
         _ctx: &TtrpcContext,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
-use crate::engine::{HttpConfig, Identity, Limits, Preopen};
 use crate::error::Error;
+use wasmpod_engine::{HttpConfig, Identity, Limits, Preopen};
 
 /// The annotation CRI sets on every container; "sandbox" marks the pod's pause container.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -93,7 +93,7 @@ pub fn cwd(spec: &Spec) -> Option<String> {
         .filter(|c| !c.is_empty())
 }
 
-pub use crate::engine::{HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
+pub use wasmpod_engine::{HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 
 /// How an HTTP handler serves, from the container's environment.
 pub fn http_config(env: &[(String, String)]) -> Result<HttpConfig, String> {
