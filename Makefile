@@ -24,7 +24,8 @@ release: ## release build of both shims (target/release/containerd-shim-wasmtime
 	$(CARGO) build --release -p wasmpod-shim
 	$(ISOLATED) $(CARGO) build --release
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors), and the crate layering ARCHITECTURE.md sets
+	python3 .ci/layers.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(ISOLATED) $(CARGO) fmt -- --check
