@@ -470,6 +470,11 @@ impl Limiter {
         self.charge(bytes)
     }
 
+    /// Bytes this limiter holds of the container's limit.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
     fn grow(&mut self, bytes: u64) -> bool {
         let allowed = self.charge(bytes);
         if !allowed {

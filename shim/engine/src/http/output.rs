@@ -10,6 +10,7 @@ use wasmtime_wasi::cli::{IsTerminal, OutputFile, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
+use crate::meter::{Limiter, Meter};
 use crate::{GuestContext, Preopen};
 
 /// What every request's WASI context is made of.
@@ -22,11 +23,14 @@ pub(super) struct Template {
     stderr: Option<Arc<File>>,
     /// File operations on the request's own thread, which has the container's identity.
     as_user: bool,
+    /// The container's: what the output streams buffer is charged to its memory limit.
+    meter: Arc<Meter>,
 }
 
 impl Template {
-    pub fn new(ctx: GuestContext) -> Self {
+    pub fn new(ctx: GuestContext, meter: Arc<Meter>) -> Self {
         Template {
+            meter,
             args: ctx.args,
             env: ctx.env,
             cwd: ctx.cwd,
@@ -46,10 +50,10 @@ impl Template {
             b.initial_cwd(cwd);
         }
         if let Some(f) = &self.stdout {
-            b.stdout(Labelled::new(f, label));
+            b.stdout(Labelled::new(f, label, &self.meter));
         }
         if let Some(f) = &self.stderr {
-            b.stderr(Labelled::new(f, label));
+            b.stderr(Labelled::new(f, label, &self.meter));
         }
         for p in &self.preopens {
             let perms = if p.read_only {
@@ -78,13 +82,15 @@ impl Template {
 struct Labelled {
     file: Arc<File>,
     label: Arc<str>,
+    meter: Arc<Meter>,
 }
 
 impl Labelled {
-    fn new(file: &Arc<File>, label: &Arc<str>) -> Self {
+    fn new(file: &Arc<File>, label: &Arc<str>, meter: &Arc<Meter>) -> Self {
         Labelled {
             file: file.clone(),
             label: label.clone(),
+            meter: meter.clone(),
         }
     }
 }
@@ -98,6 +104,7 @@ impl IsTerminal for Labelled {
 impl StdoutStream for Labelled {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(LineWriter {
+            charge: Limiter::new(self.meter.clone()),
             out: self.clone(),
             pending: Vec::new(),
         })
@@ -114,10 +121,23 @@ impl StdoutStream for Labelled {
 
 struct LineWriter {
     out: Labelled,
+    /// The part of a line not yet written, up to a page and one write (`check_write`).
     pending: Vec<u8>,
+    /// `pending`'s memory, charged to the container's limit; released with the stream.
+    charge: Limiter,
 }
 
 impl LineWriter {
+    /// Charges what `pending` holds now. A container whose limit has no room for it gets its
+    /// output written at once instead, as it comes, never held uncharged.
+    fn charge_pending(&mut self) {
+        let held = self.pending.capacity() as u64;
+        if held > self.charge.held() && !self.charge.reserve(held - self.charge.held()) {
+            self.write_lines(true);
+            self.pending = Vec::new();
+        }
+    }
+
     fn write_lines(&mut self, all: bool) {
         let end = if all {
             self.pending.len()
@@ -153,6 +173,7 @@ impl Pollable for LineWriter {
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.pending.extend_from_slice(&bytes);
+        self.charge_pending();
         self.write_lines(false);
         // A guest that never ends its line still gets it out, a page at a time.
         if self.pending.len() >= 4096 {
@@ -173,5 +194,58 @@ impl OutputStream for LineWriter {
 impl Drop for LineWriter {
     fn drop(&mut self) {
         self.write_lines(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Limits;
+
+    fn stream(meter: &Arc<Meter>, file: &Arc<File>) -> Box<dyn OutputStream> {
+        let label: Arc<str> = "GET / #1".into();
+        Labelled::new(file, &label, meter).p2_stream()
+    }
+
+    fn out_file() -> (Arc<File>, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("wasmpod-output-{}", std::process::id()));
+        (Arc::new(File::create(&path).unwrap()), path)
+    }
+
+    /// What a stream buffers of a line counts against the container's limit while the stream
+    /// lives; a container without room for it gets its output unbuffered, nothing lost.
+    #[test]
+    fn buffered_output_is_charged_to_the_container() {
+        let (file, path) = out_file();
+        let meter = Arc::new(Meter::new(Limits {
+            memory: Some(64 << 20),
+            ..Default::default()
+        }));
+        let mut out = stream(&meter, &file);
+        out.write(Bytes::from_static(b"half a line, ")).unwrap();
+        assert!(meter.memory_bytes() > 0, "the pending line is charged");
+        out.write(Bytes::from_static(b"and the rest\n")).unwrap();
+        drop(out);
+        assert_eq!(meter.memory_bytes(), 0, "released with the stream");
+
+        // A limit whose guest cap is all taken already: nothing may be buffered.
+        let full = Arc::new(Meter::new(Limits {
+            memory: Some(4 << 20),
+            ..Default::default()
+        }));
+        let mut hog = Limiter::new(full.clone());
+        while hog.reserve(64 << 10) {}
+        let mut out = stream(&full, &file);
+        let used = full.memory_bytes();
+        out.write(Bytes::from_static(b"no room, ")).unwrap();
+        assert_eq!(full.memory_bytes(), used, "nothing held uncharged");
+        out.write(Bytes::from_static(b"still written\n")).unwrap();
+        drop(out);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            text,
+            "[GET / #1] half a line, and the rest\n[GET / #1] no room, \n[GET / #1] still written\n"
+        );
     }
 }
