@@ -46,7 +46,8 @@ impl Target {
 pub struct Layout {
     pub distro: Distro,
     pub target: Target,
-    /// The systemd units to restart, the first that exists on the host wins.
+    /// The systemd units that may run containerd (those installed on the host, or all
+    /// candidates when none is found); of several, the active one is restarted.
     pub services: Vec<String>,
     /// containerd's socket.
     pub socket: PathBuf,
@@ -92,10 +93,12 @@ pub fn check_mutable(host_root: &Path) -> Result<()> {
     })
 }
 
-fn first_existing_unit(host_root: &Path, units: &[&str]) -> Vec<String> {
+fn installed_units(host_root: &Path, units: &[&str]) -> Vec<String> {
     let exists = |u: &str| {
         [
             "/etc/systemd/system",
+            // where RKE2's tarball install (INSTALL_RKE2_TAR_PREFIX=/usr/local) puts its units
+            "/usr/local/lib/systemd/system",
             "/lib/systemd/system",
             "/usr/lib/systemd/system",
         ]
@@ -138,7 +141,7 @@ pub fn detect(host_root: &Path, config_override: Option<&Path>) -> Layout {
                     path: dirp.join("config.toml.tmpl"),
                     generated: dirp.join("config.toml"),
                 },
-                services: first_existing_unit(host_root, &units),
+                services: installed_units(host_root, &units),
                 socket: "/run/k3s/containerd/containerd.sock".into(),
             };
         }
@@ -158,7 +161,7 @@ pub fn detect(host_root: &Path, config_override: Option<&Path>) -> Layout {
                 path: K0S_DROPIN.into(),
                 main: K0S_CONFIG.into(),
             },
-            services: first_existing_unit(host_root, &["k0sworker", "k0scontroller"]),
+            services: installed_units(host_root, &["k0sworker", "k0scontroller"]),
             socket: "/run/k0s/containerd.sock".into(),
         };
     }

@@ -449,6 +449,14 @@ impl Installer {
             }
         }
 
+        let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
+        // Decided before the first write, so a node where the unit cannot be told changes
+        // nothing.
+        let unit = match config_changed && self.restart {
+            true => Some(self.unit_to_restart(&plan.layout.services)?),
+            false => None,
+        };
+
         let wants_isolated = plan.handlers.iter().any(|h| h == HANDLER_ISOLATED);
         // Both sources must be there before anything is written.
         for (source, binary, wanted) in [
@@ -481,7 +489,6 @@ impl Installer {
             )?),
             false => None,
         };
-        let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
         let original_existed = match &previous {
             Some(s) if s.config == plan.path => s.original_existed,
             _ => plan.current.is_some(),
@@ -535,7 +542,7 @@ impl Installer {
             })?;
             write_atomic(&self.state_file(), &json, 0o600)?;
         }
-        let restarted = match self.maybe_restart(config_changed, &plan.layout.services) {
+        let restarted = match self.maybe_restart(config_changed, unit) {
             Ok(r) => r,
             Err(e) => {
                 // containerd still runs on the previous config: put it back, so that the next
@@ -575,22 +582,50 @@ impl Installer {
         })
     }
 
-    fn maybe_restart(&self, changed: bool, services: &[String]) -> Result<Option<String>> {
+    /// The unit whose restart makes containerd read its config again. Of several (RKE2's
+    /// tarball lays down both rke2-server and rke2-agent on every node) it is the one systemd
+    /// says runs: restarting the other would start it, a server on an agent node. A
+    /// restarter that cannot tell (`--restart-command`) gets the first, as `$UNIT`.
+    fn unit_to_restart(&self, services: &[String]) -> Result<String> {
+        let many = match services {
+            [] => return Ok("containerd".into()),
+            [one] => return Ok(one.clone()),
+            many => many,
+        };
+        let mut running = Vec::new();
+        for unit in many {
+            match self.restarter.is_active(unit)? {
+                None => {
+                    info!(unit = %many[0], candidates = ?many, "the restarter cannot tell which unit runs: using the first");
+                    return Ok(many[0].clone());
+                }
+                Some(true) => running.push(unit.clone()),
+                Some(false) => {}
+            }
+        }
+        match running.as_slice() {
+            [one] => {
+                info!(unit = %one, candidates = ?many, "the active unit runs containerd");
+                Ok(one.clone())
+            }
+            [] => Err(Error::NoActiveUnit {
+                units: many.to_vec(),
+            }),
+            _ => Err(Error::SeveralActiveUnits { units: running }),
+        }
+    }
+
+    /// Restarts `unit` (chosen by [`Self::unit_to_restart`]; `None` with --no-restart) when
+    /// the config changed.
+    fn maybe_restart(&self, changed: bool, unit: Option<String>) -> Result<Option<String>> {
         if !changed {
             info!("config unchanged: containerd not restarted");
             return Ok(None);
         }
-        let unit = services
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "containerd".into());
-        if !self.restart {
-            warn!(
-                unit,
-                "config changed but --no-restart: restart it yourself to apply"
-            );
+        let Some(unit) = unit else {
+            warn!("config changed but --no-restart: restart containerd yourself to apply");
             return Ok(None);
-        }
+        };
         info!(
             unit,
             "config changed: restarting (running pods may be affected on some distributions)"
@@ -641,6 +676,10 @@ impl Installer {
             }
         };
         let changed = after != current;
+        let unit = match changed && self.restart {
+            true => Some(self.unit_to_restart(&state.services)?),
+            false => None,
+        };
         if changed {
             match &after {
                 Some(text) => write_atomic(&target, text.as_bytes(), file_mode(&target))?,
@@ -651,7 +690,7 @@ impl Installer {
         let state_dir = self.hp(&self.state_dir);
         std::fs::remove_dir_all(&state_dir).map_err(io_err(&state_dir))?;
         info!(config = %state.config.display(), changed, "wasmpod's entries are out of the config");
-        let restarted = self.maybe_restart(changed, &state.services)?;
+        let restarted = self.maybe_restart(changed, unit)?;
         Ok(Some(Report {
             distro: state.distro,
             config: state.config,

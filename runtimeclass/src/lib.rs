@@ -122,6 +122,20 @@ pub enum Error {
     UnsupportedTemplate { path: PathBuf, reason: String },
     #[error("the shim to install was not found at {path}; pass {flag} (nothing was changed)")]
     ShimMissing { path: PathBuf, flag: &'static str },
+    #[error(
+        "none of the units {units:?} is active, so wasmpod cannot tell which one runs \
+         containerd on this node, and restarting the wrong one would start it (a server on an \
+         agent node) (nothing was changed). Check `systemctl status {}`; install with \
+         --no-restart and restart the right unit yourself if this node runs it otherwise",
+        units.join(" ")
+    )]
+    NoActiveUnit { units: Vec<String> },
+    #[error(
+        "the units {units:?} are all active, so wasmpod cannot tell which one runs this node's \
+         containerd (nothing was changed). They conflict with each other: stop and disable the \
+         one this node is not, or install with --no-restart and restart the right one yourself"
+    )]
+    SeveralActiveUnits { units: Vec<String> },
     #[error("restarting containerd with `{command}` failed: {message}")]
     Restart { command: String, message: String },
     #[error("containerd's CRI at {address}: {message}")]

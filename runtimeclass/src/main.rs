@@ -43,7 +43,8 @@ Where the config lives (detected under --host-root):
   k3s                      /var/lib/rancher/k3s/agent/etc/containerd/config[-v3].toml.tmpl,
                            built on {{ template \"base\" . }}; refuses to collide with k3s's own
                            auto-detected `wasmtime` handler
-  RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl
+  RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl;
+                           restarts whichever of rke2-server/rke2-agent is active
   k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in)
   MicroK8s                 /var/snap/microk8s/current/args/containerd-template.toml
 kind: load the image (kind load docker-image) and pin the node image (config version 2 or 3).

@@ -108,7 +108,8 @@ async fn round_trip(
 ) -> String {
     let h = host(fixture);
     let before = h.snapshot();
-    let rec = std::sync::Arc::new(Recorder::default());
+    // Only the unit that runs containerd is active, as on a real node.
+    let rec = std::sync::Arc::new(Recorder::with_active(&[service]));
     let mut inst = h.installer(Box::new(Shared(rec.clone())));
     inst.config_version = version;
     let r = inst.install().await.unwrap();
@@ -309,6 +310,52 @@ async fn rke2_v3_user_template() {
         t.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime]"),
         "{t}"
     );
+}
+
+/// RKE2's tarball lays down rke2-server and rke2-agent on every node: only the active one may
+/// be restarted (restarting rke2-server on an agent starts a server there).
+#[tokio::test]
+async fn rke2_restarts_only_the_active_unit() {
+    for active in ["rke2-agent", "rke2-server"] {
+        let h = host("rke2");
+        let rec = std::sync::Arc::new(Recorder::with_active(&[active]));
+        let inst = h.installer(Box::new(Shared(rec.clone())));
+        let r = inst.install().await.unwrap();
+        assert_eq!(r.restarted.as_deref(), Some(active));
+        assert_eq!(rec.calls(), [active]);
+        inst.uninstall().await.unwrap();
+        assert_eq!(rec.calls(), [active, active]);
+    }
+}
+
+#[tokio::test]
+async fn rke2_refuses_when_it_cannot_tell_the_unit() {
+    for (active, server_agent) in [(&[][..], false), (&["rke2-server", "rke2-agent"][..], true)] {
+        let h = host("rke2");
+        let before = h.snapshot();
+        let rec = std::sync::Arc::new(Recorder::with_active(active));
+        let e = h
+            .installer(Box::new(Shared(rec.clone())))
+            .install()
+            .await
+            .unwrap_err();
+        assert_eq!(h.snapshot(), before, "a refusal must change nothing: {e}");
+        assert!(rec.calls().is_empty(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("nothing was changed") && msg.contains("--no-restart"),
+            "{msg}"
+        );
+        match server_agent {
+            false => assert!(matches!(e, Error::NoActiveUnit { .. }), "{e}"),
+            true => assert!(matches!(e, Error::SeveralActiveUnits { .. }), "{e}"),
+        }
+        // --no-restart installs without asking.
+        let mut inst = h.installer(Box::new(Shared(rec.clone())));
+        inst.restart = false;
+        let r = inst.install().await.unwrap();
+        assert!(r.config_changed && r.restarted.is_none(), "{r:?}");
+    }
 }
 
 #[tokio::test]
@@ -616,6 +663,10 @@ struct Shared(std::sync::Arc<Recorder>);
 impl Restarter for Shared {
     fn restart(&self, unit: &str) -> wasmpod_installer::Result<()> {
         self.0.restart(unit)
+    }
+
+    fn is_active(&self, unit: &str) -> wasmpod_installer::Result<Option<bool>> {
+        self.0.is_active(unit)
     }
 }
 
