@@ -14,13 +14,22 @@ pub enum ConfigVersion {
     V2,
     /// `version = 3`: containerd 2.x, CRI runtime plugin `io.containerd.cri.v1.runtime`.
     V3,
+    /// `version = 4`: what `containerd config default` writes from containerd 2.3. It moves
+    /// the server settings (`[grpc]`, `[ttrpc]`, `[debug]`, `[metrics]`) into
+    /// `io.containerd.server.v1.*` plugins; the CRI plugins are named as in version 3.
+    V4,
 }
+
+/// The config versions wasmpod knows, for messages.
+pub const KNOWN_VERSIONS: &str =
+    "2 (containerd 1.6/1.7), 3 (containerd 2.x) and 4 (containerd 2.3 and later)";
 
 impl ConfigVersion {
     pub fn number(self) -> i64 {
         match self {
             ConfigVersion::V2 => 2,
             ConfigVersion::V3 => 3,
+            ConfigVersion::V4 => 4,
         }
     }
 
@@ -28,6 +37,7 @@ impl ConfigVersion {
         match n {
             2 => Some(ConfigVersion::V2),
             3 => Some(ConfigVersion::V3),
+            4 => Some(ConfigVersion::V4),
             _ => None,
         }
     }
@@ -36,11 +46,12 @@ impl ConfigVersion {
     pub fn cri_plugin(self) -> &'static str {
         match self {
             ConfigVersion::V2 => "io.containerd.grpc.v1.cri",
-            ConfigVersion::V3 => "io.containerd.cri.v1.runtime",
+            ConfigVersion::V3 | ConfigVersion::V4 => "io.containerd.cri.v1.runtime",
         }
     }
 
-    /// The version containerd `runtime_version` (from CRI `Version`) calls for.
+    /// The version to write for containerd `runtime_version` (from CRI `Version`) when no
+    /// file says: 3 for every 2.x, since containerd 2.3 still reads version 3.
     pub fn for_containerd(runtime_version: &str) -> Option<Self> {
         let v = runtime_version.trim_start_matches('v');
         match v.split('.').next()? {
@@ -630,7 +641,7 @@ version = 2
     #[test]
     fn refuses_unknown_versions_and_bad_toml() {
         for (text, want) in [
-            ("version = 4\n", "version 4"),
+            ("version = 5\n", "version 5"),
             ("[plugins]\n", "version 1 (no `version` key)"),
             ("version = \"2\"\n", "version \"2\""),
         ] {

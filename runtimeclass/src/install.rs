@@ -251,7 +251,9 @@ impl Installer {
                 let v2_tmpl = dir.join("config.toml.tmpl");
                 let path = match version {
                     ConfigVersion::V2 => v2_tmpl,
-                    ConfigVersion::V3 => {
+                    // k3s/RKE2 render version 3 from config-v3.toml.tmpl; should a release
+                    // render 4, its CRI tables are named the same and the template is that one.
+                    ConfigVersion::V3 | ConfigVersion::V4 => {
                         let v3 = dir.join("config-v3.toml.tmpl");
                         if !self.hp(&v3).exists() && self.hp(&v2_tmpl).exists() {
                             return Err(Error::UnsupportedTemplate {

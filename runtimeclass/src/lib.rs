@@ -68,9 +68,9 @@ pub enum Error {
     Toml { path: PathBuf, message: String },
     #[error(
         "{path}: containerd config version {version} is not supported (nothing was changed); \
-         wasmpod understands version 2 (containerd 1.6/1.7) and version 3 (containerd 2.x). \
-         Migrate the file with `containerd config migrate`, or add the runtime by hand \
-         (deploy/containerd/ has snippets)"
+         wasmpod understands versions {}. Migrate the file with `containerd config migrate`, \
+         or add the runtime by hand (deploy/containerd/ has snippets)",
+        crate::config::KNOWN_VERSIONS
     )]
     UnknownVersion { path: PathBuf, version: String },
     #[error(

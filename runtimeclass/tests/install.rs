@@ -214,6 +214,28 @@ async fn plain_v3() {
     assert_runtimes(&t, ConfigVersion::V3, Some(false));
 }
 
+/// containerd 2.3's `containerd config default` is version 4, with version 3's CRI plugins.
+#[tokio::test]
+async fn plain_v4_containerd_2_3_default() {
+    let t = round_trip(
+        "plain-v4",
+        "/etc/containerd/config.toml",
+        "containerd",
+        None,
+    )
+    .await;
+    assert!(t.contains("\nversion = 4\n"), "the file's version stays");
+    assert_runtimes(&t, ConfigVersion::V4, Some(true));
+    assert!(
+        t.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]"),
+        "{t}"
+    );
+    assert!(
+        t.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime]"),
+        "{t}"
+    );
+}
+
 #[tokio::test]
 async fn missing_config_is_created_and_removed() {
     let t = round_trip(
@@ -415,13 +437,17 @@ async fn refuses_unparsable_toml() {
 
 #[tokio::test]
 async fn refuses_unknown_versions() {
-    let e = refused("plain-v2", |r| {
-        std::fs::write(r.join("etc/containerd/config.toml"), "version = 4\n").unwrap()
+    let e = refused("plain-v4", |r| {
+        let config = r.join("etc/containerd/config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(config, text.replace("\nversion = 4\n", "\nversion = 5\n")).unwrap()
     })
     .await;
+    let msg = e.to_string();
+    assert!(msg.contains("config version 5 is not supported"), "{msg}");
     assert!(
-        e.to_string().contains("config version 4 is not supported"),
-        "{e}"
+        msg.contains("versions 2 (containerd 1.6/1.7), 3 (containerd 2.x) and 4 (containerd 2.3"),
+        "names the versions it knows: {msg}"
     );
     let e = refused("plain-v2", |r| {
         std::fs::write(r.join("etc/containerd/config.toml"), "[plugins.cri]\n").unwrap()
