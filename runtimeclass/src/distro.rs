@@ -27,8 +27,13 @@ pub enum Target {
     /// and its own handlers).
     Template { path: PathBuf, generated: PathBuf },
     /// A file of wasmpod's own in a drop-in directory (k0s), with `main` the generated
-    /// config it is merged into.
-    DropIn { path: PathBuf, main: PathBuf },
+    /// config it is merged into and `containerd` the binary the distribution runs (asked for
+    /// its version, which decides the drop-in's config version).
+    DropIn {
+        path: PathBuf,
+        main: PathBuf,
+        containerd: PathBuf,
+    },
 }
 
 impl Target {
@@ -38,6 +43,14 @@ impl Target {
             Target::TomlFile(p) => p,
             Target::Template { path, .. } | Target::DropIn { path, .. } => path,
         }
+    }
+}
+
+impl Distro {
+    /// Whether the distribution reloads containerd by itself when wasmpod's file changes, so
+    /// that the installer must not restart anything.
+    pub fn reloads_containerd_itself(self) -> bool {
+        self == Distro::K0s
     }
 }
 
@@ -58,6 +71,8 @@ pub const RKE2_DIR: &str = "/var/lib/rancher/rke2/agent/etc/containerd";
 pub const MICROK8S_TEMPLATE: &str = "/var/snap/microk8s/current/args/containerd-template.toml";
 pub const K0S_CONFIG: &str = "/etc/k0s/containerd.toml";
 pub const K0S_DROPIN: &str = "/etc/k0s/containerd.d/wasmpod.toml";
+/// The containerd k0s stages from its own bundle and runs.
+pub const K0S_CONTAINERD: &str = "/var/lib/k0s/bin/containerd";
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Refuses hosts whose OS is immutable (from `/etc/os-release`).
@@ -160,8 +175,11 @@ pub fn detect(host_root: &Path, config_override: Option<&Path>) -> Layout {
             target: Target::DropIn {
                 path: K0S_DROPIN.into(),
                 main: K0S_CONFIG.into(),
+                containerd: K0S_CONTAINERD.into(),
             },
-            services: installed_units(host_root, &["k0sworker", "k0scontroller"]),
+            // k0s watches its drop-in directory and reloads containerd itself; restarting
+            // k0scontroller would take the control plane down with it.
+            services: Vec::new(),
             socket: "/run/k0s/containerd.sock".into(),
         };
     }

@@ -189,6 +189,41 @@ impl Installer {
         }
     }
 
+    /// The version `<binary> --version` prints (`containerd <module> <version> <revision>`),
+    /// run from the host root (k0s's containerd is a static binary); `None` when there is no
+    /// such binary or it does not answer in time.
+    async fn binary_version(&self, binary: &Path) -> Option<String> {
+        let path = self.hp(binary);
+        if !path.is_file() {
+            return None;
+        }
+        let run = tokio::process::Command::new(&path)
+            .arg("--version")
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(10), run).await {
+            Ok(Ok(out)) if out.status.success() => {
+                let v = containerd_version_of(&String::from_utf8_lossy(&out.stdout));
+                if v.is_none() {
+                    warn!(binary = %path.display(), "cannot read a version in what --version printed");
+                }
+                v
+            }
+            Ok(Ok(out)) => {
+                warn!(binary = %path.display(), status = %out.status, "--version failed");
+                None
+            }
+            Ok(Err(e)) => {
+                warn!(binary = %path.display(), error = %e, "cannot run --version");
+                None
+            }
+            Err(_) => {
+                warn!(binary = %path.display(), "--version did not answer within 10 s");
+                None
+            }
+        }
+    }
+
     fn settings(&self, handlers: Vec<String>, systemd_cgroup: Option<bool>) -> RuntimeSettings {
         RuntimeSettings {
             bin_dir: self.bin_dir.to_string_lossy().into_owned(),
@@ -310,17 +345,34 @@ impl Installer {
                     layout,
                 })
             }
-            Target::DropIn { path, main } => {
+            Target::DropIn {
+                path,
+                main,
+                containerd,
+            } => {
                 let main_text = read_opt(&self.hp(main))?;
                 let main_doc = main_text
                     .as_deref()
                     .map(|t| config::parse(t, main))
                     .transpose()?;
-                let version = match &main_doc {
-                    Some(doc) => {
+                // The containerd k0s runs decides: k0s up to 1.35 runs containerd 1.7 (version
+                // 2, io.containerd.grpc.v1.cri), from 1.36 containerd 2.x, whose preflight
+                // refuses a drop-in that says version 2 or names io.containerd.grpc.v1.cri.
+                // The main config says the same once k0s has rewritten it, but a k0s that was
+                // just upgraded, or a config the user manages, may still say the old one.
+                let running = self.binary_version(containerd).await;
+                let version = match (
+                    running.as_deref().and_then(ConfigVersion::for_containerd),
+                    &main_doc,
+                ) {
+                    (Some(v), _) => {
+                        info!(containerd = %containerd.display(), version = running.as_deref().unwrap_or_default(), config_version = v.number(), "k0s's containerd");
+                        config::agree(v, self.config_version, containerd)?
+                    }
+                    (None, Some(doc)) => {
                         config::agree(config::version(doc, main)?, self.config_version, main)?
                     }
-                    None => self.fallback_version(&layout, main).await?,
+                    (None, None) => self.fallback_version(&layout, main).await?,
                 };
                 let systemd = main_doc
                     .as_ref()
@@ -454,7 +506,8 @@ impl Installer {
         let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
         // Decided before the first write, so a node where the unit cannot be told changes
         // nothing.
-        let unit = match config_changed && self.restart {
+        let reloads_itself = plan.layout.distro.reloads_containerd_itself();
+        let unit = match config_changed && self.restart && !reloads_itself {
             true => Some(self.unit_to_restart(&plan.layout.services)?),
             false => None,
         };
@@ -544,7 +597,7 @@ impl Installer {
             })?;
             write_atomic(&self.state_file(), &json, 0o600)?;
         }
-        let restarted = match self.maybe_restart(config_changed, unit) {
+        let restarted = match self.maybe_restart(config_changed, unit, reloads_itself) {
             Ok(r) => r,
             Err(e) => {
                 // containerd still runs on the previous config: put it back, so that the next
@@ -555,6 +608,18 @@ impl Installer {
                 return Err(e);
             }
         };
+        if config_changed && reloads_itself {
+            info!(config = %plan.path.display(), "k0s reloads containerd when its drop-ins change: nothing is restarted");
+            if let Some(verifier) = &self.verifier {
+                let socket = self.socket(&plan.layout);
+                if let Err(e) = verifier.verify(&socket, &plan.handlers).await {
+                    // Putting the previous drop-in back makes k0s reload containerd on it.
+                    put_back(&plan, &target, mode)?;
+                    warn!(config = %plan.path.display(), error = %e, "the runtime handlers were not verified after k0s's reload: the previous drop-in is restored");
+                    return Err(e);
+                }
+            }
+        }
         if let (Some(unit), Some(verifier)) = (&restarted, &self.verifier) {
             let socket = self.socket(&plan.layout);
             if let Err(e) = verifier.verify(&socket, &plan.handlers).await {
@@ -619,9 +684,18 @@ impl Installer {
 
     /// Restarts `unit` (chosen by [`Self::unit_to_restart`]; `None` with --no-restart) when
     /// the config changed.
-    fn maybe_restart(&self, changed: bool, unit: Option<String>) -> Result<Option<String>> {
+    /// `reloads_itself`: the distribution reloads containerd on its own (k0s).
+    fn maybe_restart(
+        &self,
+        changed: bool,
+        unit: Option<String>,
+        reloads_itself: bool,
+    ) -> Result<Option<String>> {
         if !changed {
             info!("config unchanged: containerd not restarted");
+            return Ok(None);
+        }
+        if reloads_itself {
             return Ok(None);
         }
         let Some(unit) = unit else {
@@ -678,7 +752,7 @@ impl Installer {
             }
         };
         let changed = after != current;
-        let unit = match changed && self.restart {
+        let unit = match changed && self.restart && !state.distro.reloads_containerd_itself() {
             true => Some(self.unit_to_restart(&state.services)?),
             false => None,
         };
@@ -692,7 +766,11 @@ impl Installer {
         let state_dir = self.hp(&self.state_dir);
         std::fs::remove_dir_all(&state_dir).map_err(io_err(&state_dir))?;
         info!(config = %state.config.display(), changed, "wasmpod's entries are out of the config");
-        let restarted = self.maybe_restart(changed, unit)?;
+        let reloads_itself = state.distro.reloads_containerd_itself();
+        if changed && reloads_itself {
+            info!(config = %state.config.display(), "k0s reloads containerd when its drop-ins change: nothing is restarted");
+        }
+        let restarted = self.maybe_restart(changed, unit, reloads_itself)?;
         Ok(Some(Report {
             distro: state.distro,
             config: state.config,
@@ -786,6 +864,17 @@ impl Installer {
     }
 }
 
+/// The version in `containerd --version`'s output: `containerd github.com/containerd/containerd
+/// v1.7.23 <revision>` (the third word; distributions' builds drop the `v`).
+pub fn containerd_version_of(output: &str) -> Option<String> {
+    let line = output.lines().find(|l| l.starts_with("containerd "))?;
+    let v = line.split_whitespace().nth(2)?;
+    let digits = v.trim_start_matches('v');
+    digits
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then(|| v.to_string())
+}
+
 /// The permission bits of `path`, or 0644 for a file that does not exist.
 fn file_mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -836,4 +925,47 @@ pub async fn reconcile_label(
         nodes.set_ready(node, want).await?;
     }
     Ok(want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_versions_are_read_from_version_output() {
+        for (out, want) in [
+            // upstream builds, as k0s bundles them
+            (
+                "containerd github.com/containerd/containerd v1.7.23 57f17b0a\n",
+                Some("v1.7.23"),
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 v2.1.4 75cb2b71\n",
+                Some("v2.1.4"),
+            ),
+            // Debian's packages (the test bed's), printed here
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1\n",
+                Some("1.7.24~ds1"),
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n",
+                Some("2.1.9+unknown"),
+            ),
+            ("something else\n", None),
+            ("containerd github.com/containerd/containerd\n", None),
+        ] {
+            assert_eq!(containerd_version_of(out).as_deref(), want, "{out:?}");
+        }
+        assert_eq!(
+            containerd_version_of("containerd x 1.7.24~ds1 y")
+                .as_deref()
+                .and_then(ConfigVersion::for_containerd),
+            Some(ConfigVersion::V2)
+        );
+        assert_eq!(
+            ConfigVersion::for_containerd("2.1.9+unknown"),
+            Some(ConfigVersion::V3)
+        );
+    }
 }

@@ -46,7 +46,9 @@ Where the config lives (detected under --host-root):
                            auto-detected `wasmtime` handler
   RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl;
                            restarts whichever of rke2-server/rke2-agent is active
-  k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in)
+  k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in, version 2 or 3 as
+                           /var/lib/k0s/bin/containerd --version says); k0s reloads
+                           containerd itself, nothing is restarted
   MicroK8s                 /var/snap/microk8s/current/args/containerd-template.toml
 kind: load the image (kind load docker-image) and pin the node image (config version 2 or 3).
 k3s: delete k3s' own `wasmtime` RuntimeClass (or --disable=runtimes) before the chart.

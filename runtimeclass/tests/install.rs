@@ -380,17 +380,78 @@ async fn rke2_refuses_when_it_cannot_tell_the_unit() {
     }
 }
 
+fn k0s_drop_in_text(h: &Host) -> String {
+    h.read("/etc/k0s/containerd.d/wasmpod.toml")
+}
+
+/// The drop-in's version follows the containerd k0s runs, asked of the binary k0s staged
+/// (version 2 with io.containerd.grpc.v1.cri for containerd 1.7, k0s up to 1.35), and is
+/// rewritten when k0s's containerd changes. k0s reloads containerd when a drop-in changes, so
+/// the installer restarts nothing (restarting k0scontroller takes the control plane down).
 #[tokio::test]
-async fn k0s_drop_in() {
-    let t = round_trip(
-        "k0s",
-        "/etc/k0s/containerd.d/wasmpod.toml",
-        "k0sworker",
-        None,
-    )
-    .await;
-    assert!(t.starts_with("# Written by wasmpod-installer"));
+async fn k0s_drop_in_follows_its_containerd_and_restarts_nothing() {
+    let h = host("k0s");
+    let mut before = h.snapshot();
+    let rec = std::sync::Arc::new(Recorder::with_active(&["k0sworker", "k0scontroller"]));
+    let inst = h.installer(Box::new(Shared(rec.clone())));
+    let r = inst.install().await.unwrap();
+    assert!(r.config_changed && r.restarted.is_none(), "{r:?}");
+    assert_eq!(r.config_version, Some(ConfigVersion::V2));
+    let t = k0s_drop_in_text(&h);
+    assert!(t.starts_with("# Written by wasmpod-installer"), "{t}");
+    assert!(t.contains("\nversion = 2\n"), "{t}");
     assert_runtimes(&t, ConfigVersion::V2, None);
+    assert!(!inst.install().await.unwrap().config_changed);
+
+    // k0s upgraded to 1.36: its containerd is 2.x, the main config still says version 2
+    // until k0s rewrites it. The drop-in must become version 3 with the 2.x plugin names,
+    // or k0s 1.36's preflight refuses it.
+    let containerd2 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/k0s-containerd2/var/lib/k0s/bin/containerd"),
+    )
+    .unwrap();
+    std::fs::write(h.root().join("var/lib/k0s/bin/containerd"), &containerd2).unwrap();
+    before.insert("var/lib/k0s/bin/containerd".into(), containerd2);
+    let r = inst.install().await.unwrap();
+    assert!(r.config_changed && r.restarted.is_none(), "{r:?}");
+    assert_eq!(r.config_version, Some(ConfigVersion::V3));
+    let t = k0s_drop_in_text(&h);
+    assert!(t.contains("\nversion = 3\n"), "{t}");
+    assert!(!t.contains("io.containerd.grpc.v1.cri"), "{t}");
+    assert_runtimes(&t, ConfigVersion::V3, None);
+
+    let u = inst.uninstall().await.unwrap().unwrap();
+    assert!(u.config_changed && u.restarted.is_none(), "{u:?}");
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "uninstall takes out the drop-in and the shims"
+    );
+    assert!(rec.calls().is_empty(), "never restarted: {:?}", rec.calls());
+}
+
+#[tokio::test]
+async fn k0s_with_containerd_2_gets_a_version_3_drop_in() {
+    let h = host("k0s-containerd2");
+    let rec = std::sync::Arc::new(Recorder::with_active(&["k0scontroller"]));
+    let inst = h.installer(Box::new(Shared(rec.clone())));
+    let r = inst.install().await.unwrap();
+    assert_eq!(r.config_version, Some(ConfigVersion::V3));
+    let t = k0s_drop_in_text(&h);
+    assert!(
+        t.contains("\nversion = 3\n") && !t.contains("grpc.v1.cri"),
+        "{t}"
+    );
+    assert_runtimes(&t, ConfigVersion::V3, None);
+    assert!(rec.calls().is_empty());
+    // Without the binary (a k0s that keeps it elsewhere) the main config's version decides.
+    inst.uninstall().await.unwrap();
+    std::fs::remove_file(h.root().join("var/lib/k0s/bin/containerd")).unwrap();
+    assert_eq!(
+        inst.install().await.unwrap().config_version,
+        Some(ConfigVersion::V3)
+    );
 }
 
 #[tokio::test]
@@ -740,6 +801,26 @@ async fn a_failed_handler_check_puts_the_previous_config_back_and_restarts_again
     // ... and uninstall still restores the original byte for byte.
     inst.uninstall().await.unwrap();
     assert_eq!(h.read(config), before);
+}
+
+/// On k0s nothing is restarted; a drop-in whose handlers k0s's reload did not bring up is
+/// taken back (k0s reloads again on that).
+#[tokio::test]
+async fn a_failed_handler_check_on_k0s_takes_the_drop_in_back_without_restarting() {
+    let h = host("k0s-containerd2");
+    let before = h.snapshot();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let mut inst = h.installer(Box::new(Shared(rec.clone())));
+    inst.verifier = Some(Box::new(Check(false)));
+    let e = inst.install().await.unwrap_err();
+    assert!(matches!(e, Error::HandlerMissing { .. }), "{e}");
+    assert!(!h.root().join("etc/k0s/containerd.d/wasmpod.toml").exists());
+    assert!(rec.calls().is_empty(), "{:?}", rec.calls());
+    inst.verifier = Some(Box::new(Check(true)));
+    assert!(inst.install().await.unwrap().config_changed);
+    inst.uninstall().await.unwrap();
+    assert_eq!(h.snapshot(), before);
+    assert!(rec.calls().is_empty(), "{:?}", rec.calls());
 }
 
 #[tokio::test]
