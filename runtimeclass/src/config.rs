@@ -185,6 +185,24 @@ impl FoundRuntime {
             && self.runtime_path.as_deref() == Some(path.as_str())
     }
 
+    /// The shim binary containerd starts for this runtime: `runtime_path`, else the name
+    /// containerd derives from the last two parts of `runtime_type`
+    /// (`io.containerd.wasmtime.v2` → `containerd-shim-wasmtime-v2`) and looks up on its
+    /// PATH. `options.BinaryName` plays no part: it is runc's option.
+    pub fn shim_binary(&self) -> String {
+        if let Some(p) = self.runtime_path.as_deref().filter(|p| !p.is_empty()) {
+            return p.to_string();
+        }
+        let t = self.runtime_type.as_deref().unwrap_or_default();
+        let mut parts = t.rsplit('.');
+        match (parts.next(), parts.next()) {
+            (Some(version), Some(name)) if !name.is_empty() => {
+                format!("containerd-shim-{name}-{version} (from containerd's PATH)")
+            }
+            _ => format!("no shim (runtime_type {t:?} names none)"),
+        }
+    }
+
     /// What it runs, for messages: its type and binary.
     pub fn describe(&self) -> String {
         let binary = self
@@ -781,6 +799,36 @@ version = 2
             Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1")
         )
         .is_wasmpod(&s));
+    }
+
+    #[test]
+    fn the_shim_containerd_starts_comes_from_runtime_type_or_path() {
+        let r = |t: &str, p: Option<&str>, b: Option<&str>| FoundRuntime {
+            name: "wasmtime".into(),
+            runtime_type: Some(t.into()),
+            runtime_path: p.map(str::to_string),
+            binary_name: b.map(str::to_string),
+        };
+        // what k3s registers: BinaryName does not name the shim
+        assert_eq!(
+            r(
+                "io.containerd.wasmtime.v2",
+                None,
+                Some("/usr/bin/containerd-shim-wasmtime-v1")
+            )
+            .shim_binary(),
+            "containerd-shim-wasmtime-v2 (from containerd's PATH)"
+        );
+        assert_eq!(
+            r(
+                crate::RUNTIME_TYPE,
+                Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1"),
+                None
+            )
+            .shim_binary(),
+            "/opt/wasmpod/bin/containerd-shim-wasmtime-v1"
+        );
+        assert!(r("runc", None, None).shim_binary().starts_with("no shim"));
     }
 
     #[test]

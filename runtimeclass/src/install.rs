@@ -238,7 +238,7 @@ impl Installer {
         distro::check_mutable(&self.host_root)?;
         let layout = self.layout();
         info!(distro = ?layout.distro, target = %layout.target.path().display(), "detected");
-        let mut handlers = self.handlers.clone();
+        let handlers = self.handlers.clone();
         match &layout.target {
             Target::TomlFile(path) => {
                 let current = read_opt(&self.hp(path))?;
@@ -305,30 +305,35 @@ impl Installer {
                     }
                 };
                 let current = read_opt(&self.hp(&path))?;
-                // k3s/RKE2 create a `wasmtime` handler of their own when they find a
-                // containerd-shim-wasmtime-v1 on their PATH. Ours always has runtime_path.
+                // k3s/RKE2 register a `wasmtime` handler of their own when they find a
+                // containerd-shim-wasmtime-v1 in /opt/kwasm/bin, /usr/bin or /usr/sbin:
+                // runtime_type io.containerd.wasmtime.v2 with only options.BinaryName
+                // (k3s pkg/agent/containerd/runwasi.go). containerd starts the shim that
+                // runtime_type names, containerd-shim-wasmtime-v2, never BinaryName (a runc
+                // option), so that handler cannot run wasmpod's shim wherever it is: adopting
+                // it would register a handler that runs no wasmpod code. The template cannot
+                // redefine its table either (a duplicate table is invalid TOML).
                 let ours = self
                     .bin_dir
                     .join(SHIM_BINARY)
                     .to_string_lossy()
                     .into_owned();
-                if let Some(doc) = &gen {
+                if let (Some(doc), true) = (&gen, handlers.iter().any(|h| h == HANDLER)) {
                     if let Some(theirs) = config::runtimes(doc, version).into_iter().find(|r| {
                         r.name == HANDLER && r.runtime_path.as_deref() != Some(ours.as_str())
                     }) {
-                        let binary = theirs
-                            .binary_name
-                            .clone()
-                            .unwrap_or_else(|| format!("{SHIM_BINARY} on k3s's PATH"));
-                        if binary == ours {
-                            info!(binary, "k3s/RKE2 already runs our shim as `wasmtime`: adopting its handler");
-                            handlers.retain(|h| h != HANDLER);
-                        } else {
-                            return Err(Error::K3sHandlerConflict {
-                                path: generated.clone(),
-                                binary,
-                            });
-                        }
+                        return Err(Error::K3sHandlerConflict {
+                            path: generated.clone(),
+                            binary: theirs
+                                .binary_name
+                                .clone()
+                                .unwrap_or_else(|| "(no options.BinaryName)".into()),
+                            runtime_type: theirs
+                                .runtime_type
+                                .clone()
+                                .unwrap_or_else(|| "(none)".into()),
+                            runs: theirs.shim_binary(),
+                        });
                     }
                 }
                 let s = self.settings(handlers.clone(), systemd);

@@ -101,12 +101,20 @@ pub enum Error {
     )]
     BackupDiffers { backup: PathBuf, path: PathBuf },
     #[error(
-        "{path}: k3s/RKE2 already configures its own `wasmtime` handler (it found a \
-         containerd-shim-wasmtime-v1 at {binary} on its PATH), and wasmpod will not collide \
-         with it (nothing was changed). Remove that binary and restart k3s/RKE2, or install \
-         wasmpod with --bin-dir set to that binary's directory to adopt the handler"
+        "{path}: k3s/RKE2 registered its own `wasmtime` handler (it found a \
+         containerd-shim-wasmtime-v1 at {binary}); its runtime_type {runtime_type} makes \
+         containerd start {runs}, not wasmpod's shim, and wasmpod will not collide with it \
+         (nothing was changed). Remove {binary} and restart k3s/RKE2 so that it drops its \
+         handler (wasmpod's shim lives in its own directory, where k3s does not look), or \
+         leave wasmpod's `wasmtime` handler out (--handlers wasmtime-isolated; the chart's \
+         runtimeClasses.wasmtime.enabled=false)"
     )]
-    K3sHandlerConflict { path: PathBuf, binary: String },
+    K3sHandlerConflict {
+        path: PathBuf,
+        binary: String,
+        runtime_type: String,
+        runs: String,
+    },
     #[error(
         "{path}: the runtime handler `{handler}` ([{table}], {found}) is another project's, and \
          wasmpod does not overwrite it (nothing was changed). {hint}"

@@ -42,8 +42,9 @@ Where the config lives (detected under --host-root):
                            version 3 = containerd 2.x, version 4 = `containerd config
                            default` of 2.3+; created if missing)
   k3s                      /var/lib/rancher/k3s/agent/etc/containerd/config[-v3].toml.tmpl,
-                           built on {{ template \"base\" . }}; refuses to collide with k3s's own
-                           auto-detected `wasmtime` handler
+                           built on {{ template \"base\" . }}; refuses k3s's own `wasmtime`
+                           handler (io.containerd.wasmtime.v2 runs containerd-shim-wasmtime-v2,
+                           never wasmpod's shim)
   RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl;
                            restarts whichever of rke2-server/rke2-agent is active
   k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in, version 2 or 3 as

@@ -283,26 +283,34 @@ async fn k3s_template_built_on_base() {
     assert_runtimes(&rendered, ConfigVersion::V2, Some(true));
 }
 
+/// k3s registers `wasmtime` as runtime_type io.containerd.wasmtime.v2 with only
+/// options.BinaryName: containerd then starts containerd-shim-wasmtime-v2, so that handler
+/// never runs wasmpod's shim, wherever wasmpod puts it. wasmpod refuses (changing nothing)
+/// and says what containerd would run; without its `wasmtime` handler it installs the other.
 #[tokio::test]
-async fn k3s_own_wasmtime_handler_is_not_collided_with() {
+async fn k3s_own_wasmtime_handler_is_not_collided_with_nor_adopted() {
     let h = host("k3s-wasmtime");
     let before = h.snapshot();
-    let e = h
-        .installer(Box::new(Recorder::default()))
-        .install()
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::K3sHandlerConflict { .. }), "{e}");
-    assert!(
-        e.to_string()
-            .contains("/usr/local/bin/containerd-shim-wasmtime-v1"),
-        "{e}"
-    );
-    assert_eq!(h.snapshot(), before, "refusal changed nothing");
+    for bin_dir in ["/opt/wasmpod/bin", "/usr/bin"] {
+        let mut inst = h.installer(Box::new(Recorder::default()));
+        inst.bin_dir = bin_dir.into();
+        let e = inst.install().await.unwrap_err();
+        assert!(matches!(e, Error::K3sHandlerConflict { .. }), "{e}");
+        let msg = e.to_string();
+        for want in [
+            "/usr/bin/containerd-shim-wasmtime-v1",
+            "io.containerd.wasmtime.v2",
+            "containerd-shim-wasmtime-v2",
+            "nothing was changed",
+            "--handlers wasmtime-isolated",
+        ] {
+            assert!(msg.contains(want), "{want:?} in: {msg}");
+        }
+        assert_eq!(h.snapshot(), before, "refusal changed nothing");
+    }
 
-    // With our shim where k3s found it, wasmpod adopts k3s's `wasmtime` and adds only the other.
     let mut inst = h.installer(Box::new(Recorder::default()));
-    inst.bin_dir = "/usr/local/bin".into();
+    inst.handlers = vec!["wasmtime-isolated".into()];
     let r = inst.install().await.unwrap();
     assert_eq!(r.handlers, vec!["wasmtime-isolated".to_string()]);
     let t = h.read("/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl");
