@@ -322,19 +322,34 @@ pub fn add_runtimes(
         let (runtime_type, runtime_path) = settings.runtime(handler);
         changed |= set_if_different(rt, "runtime_type", runtime_type.into());
         changed |= set_if_different(rt, "runtime_path", runtime_path.as_str().into());
-        // Both handlers get an options table: containerd hands it to the shim, which takes
-        // its cgroup driver from there.
-        changed |= !rt.contains_key("options");
-        let opts = rt
-            .entry("options")
-            .or_insert_with(|| Item::Table(Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| Error::UnsupportedTemplate {
-                path: path.to_path_buf(),
-                reason: format!("`{handler}.options` is not a [table]"),
-            })?;
-        if let Some(systemd) = settings.systemd_cgroup {
-            changed |= set_if_different(opts, "SystemdCgroup", systemd.into());
+        // containerd hands the options table to the shim, which takes its cgroup driver from
+        // there. Without a SystemdCgroup to say (runc's options do not: MicroK8s, k0s, a
+        // missing config) there is no table at all: an empty one makes containerd send an
+        // empty options body, which a shim's config parsing may reject, and the shim's
+        // default is runc's (cgroupfs). An empty table an older install wrote goes too.
+        match settings.systemd_cgroup {
+            Some(systemd) => {
+                changed |= !rt.contains_key("options");
+                let opts = rt
+                    .entry("options")
+                    .or_insert_with(|| Item::Table(Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| Error::UnsupportedTemplate {
+                        path: path.to_path_buf(),
+                        reason: format!("`{handler}.options` is not a [table]"),
+                    })?;
+                changed |= set_if_different(opts, "SystemdCgroup", systemd.into());
+            }
+            None => {
+                let empty = rt
+                    .get("options")
+                    .and_then(|o| o.as_table_like())
+                    .is_some_and(|t| t.is_empty());
+                if empty {
+                    rt.remove("options");
+                    changed = true;
+                }
+            }
         }
     }
     Ok(changed)
@@ -675,6 +690,24 @@ version = 2
         )
         .unwrap_err();
         assert!(matches!(e, Error::Toml { .. }), "{e}");
+    }
+
+    #[test]
+    fn no_empty_options_table_without_systemd_cgroup() {
+        let text = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n";
+        let (_, out) = patch_text(text, Path::new("c"), None, &settings(), &[]).unwrap();
+        assert!(!out.contains(".options]"), "{out}");
+        // one an older install wrote is taken out
+        let old = out.replace(
+            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\n",
+            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n",
+        );
+        assert_ne!(old, out);
+        let (_, fixed) = patch_text(&old, Path::new("c"), None, &settings(), &[]).unwrap();
+        assert!(!fixed.contains(".options]"), "{fixed}");
+        // with runc's SystemdCgroup both get it
+        let (_, v2) = patch_text(V2, Path::new("c"), None, &settings(), &[]).unwrap();
+        assert_eq!(v2.matches("SystemdCgroup = true").count(), 3, "{v2}");
     }
 
     #[test]

@@ -173,10 +173,18 @@ fn assert_runtimes(text: &str, version: ConfigVersion, systemd: Option<bool>) {
         );
     }
     let plugin = version.cri_plugin();
-    let got = doc["plugins"][plugin]["containerd"]["runtimes"]["wasmtime"]["options"]
-        .get("SystemdCgroup")
-        .and_then(|v| v.as_bool());
-    assert_eq!(got, systemd, "SystemdCgroup follows runc's\n{text}");
+    for h in HANDLERS {
+        let options = doc["plugins"][plugin]["containerd"]["runtimes"][h].get("options");
+        let got = options
+            .and_then(|o| o.get("SystemdCgroup"))
+            .and_then(|v| v.as_bool());
+        assert_eq!(got, systemd, "{h}: SystemdCgroup follows runc's\n{text}");
+        // No SystemdCgroup: no options table at all, not an empty one (containerd would send
+        // the shim an empty options body).
+        if systemd.is_none() {
+            assert!(options.is_none(), "{h}: an options table\n{text}");
+        }
+    }
 }
 
 #[tokio::test]
