@@ -99,6 +99,18 @@ pub fn parse(text: &str, path: &Path) -> Result<DocumentMut> {
     })
 }
 
+/// The config's `imports` (the files containerd merges into it), as written.
+pub fn imports(doc: &DocumentMut) -> Vec<String> {
+    doc.get("imports")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The config's `version`. A file without one is version 1, which wasmpod refuses.
 pub fn version(doc: &DocumentMut, path: &Path) -> Result<ConfigVersion> {
     let unknown = |version: String| Error::UnknownVersion {

@@ -28,6 +28,13 @@ const CREATED_HEADER: &str = "# Written by wasmpod-installer: this file did not 
 const DROP_IN_HEADER: &str = "# Written by wasmpod-installer (k0s merges this drop-in into its \
                               containerd config).\n# `wasmpod-installer uninstall` removes it.\n";
 
+/// The first lines of wasmpod's drop-in in k3s/RKE2's containerd drop-in directory.
+const K3S_DROP_IN_HEADER: &str = "# Written by wasmpod-installer (k3s/RKE2's containerd config \
+                                  imports this directory's drop-ins).\n# `wasmpod-installer \
+                                  uninstall` removes it.\n";
+/// Its name.
+const K3S_DROP_IN_NAME: &str = "wasmpod.toml";
+
 /// Where and how to install.
 pub struct Installer {
     /// The host's root as the installer sees it (`/host` in the chart's DaemonSet).
@@ -284,7 +291,25 @@ impl Installer {
                     .and_then(|d| config::systemd_cgroup(d, version));
                 let dir = path.parent().unwrap_or(Path::new("/"));
                 let v2_tmpl = dir.join("config.toml.tmpl");
+                // Newer k3s/RKE2 render `imports` of a drop-in directory into the config
+                // (config-v3.toml.d/*.toml for version 3, config.toml.d/*.toml for 2), and
+                // containerd merges the drop-ins' tables into the config's: a file of
+                // wasmpod's own there beats any template. An install made into the template
+                // stays there (moving it is an uninstall and an install).
+                let dropin_dir = dir.join(match version {
+                    ConfigVersion::V2 => "config.toml.d",
+                    ConfigVersion::V3 | ConfigVersion::V4 => "config-v3.toml.d",
+                });
+                let dropin = dropin_dir.join(K3S_DROP_IN_NAME);
+                let imported = gen.as_ref().is_some_and(|d| {
+                    config::imports(d)
+                        .iter()
+                        .any(|i| Path::new(i) == dropin_dir.join("*.toml"))
+                });
+                let use_dropin =
+                    imported && self.read_state()?.is_none_or(|st| st.config == dropin);
                 let path = match version {
+                    _ if use_dropin => dropin,
                     ConfigVersion::V2 => v2_tmpl,
                     // k3s/RKE2 render version 3 from config-v3.toml.tmpl; should a release
                     // render 4, its CRI tables are named the same and the template is that one.
@@ -340,7 +365,15 @@ impl Installer {
                 if let Some(doc) = &gen {
                     self.foreign_runtimes(doc, version, &s, generated, false)?;
                 }
-                let desired = config::patch_template(current.as_deref(), &path, version, &s)?;
+                let desired = match use_dropin {
+                    true => {
+                        if let Some(c) = &current {
+                            config::parse(c, &path)?;
+                        }
+                        config::fresh(version, &s, K3S_DROP_IN_HEADER)?
+                    }
+                    false => config::patch_template(current.as_deref(), &path, version, &s)?,
+                };
                 Ok(Plan {
                     path,
                     current,
@@ -797,8 +830,8 @@ impl Installer {
     ) -> Result<Option<String>> {
         let path = &state.config;
         let rest = match state.distro {
-            // wasmpod's marked block in the Go template
-            Distro::K3s | Distro::Rke2 => {
+            // wasmpod's marked block in the Go template (not its drop-in, below)
+            Distro::K3s | Distro::Rke2 if !is_k3s_dropin(path) => {
                 let rest = config::remove_template_block(current, path)?
                     .unwrap_or_else(|| current.to_string());
                 if !state.original_existed && rest.trim() == config::BASE_TEMPLATE {
@@ -819,7 +852,7 @@ impl Installer {
                         return Ok(None);
                     }
                     // Someone else's now: wasmpod's header would say uninstall removes it.
-                    for header in [CREATED_HEADER, DROP_IN_HEADER] {
+                    for header in [CREATED_HEADER, DROP_IN_HEADER, K3S_DROP_IN_HEADER] {
                         if let Some(r) = rest.strip_prefix(header) {
                             return Ok(Some(r.to_string()));
                         }
@@ -878,6 +911,13 @@ pub fn containerd_version_of(output: &str) -> Option<String> {
     digits
         .starts_with(|c: char| c.is_ascii_digit())
         .then(|| v.to_string())
+}
+
+/// Whether a k3s/RKE2 install's file is wasmpod's drop-in rather than a template.
+fn is_k3s_dropin(path: &Path) -> bool {
+    path.parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|d| d.to_string_lossy().ends_with(".toml.d"))
 }
 
 /// The permission bits of `path`, or 0644 for a file that does not exist.

@@ -41,7 +41,8 @@ Where the config lives (detected under --host-root):
   kind, kubeadm, EKS, AKS  /etc/containerd/config.toml (version 2 = containerd 1.6/1.7,
                            version 3 = containerd 2.x, version 4 = `containerd config
                            default` of 2.3+; created if missing)
-  k3s                      /var/lib/rancher/k3s/agent/etc/containerd/config[-v3].toml.tmpl,
+  k3s                      .../config-v3.toml.d/wasmpod.toml where k3s's config imports that
+                           directory, else /var/lib/rancher/k3s/agent/etc/containerd/config[-v3].toml.tmpl,
                            built on {{ template \"base\" . }}; refuses k3s's own `wasmtime`
                            handler (io.containerd.wasmtime.v2 runs containerd-shim-wasmtime-v2,
                            never wasmpod's shim)

@@ -331,6 +331,52 @@ async fn k3s_own_wasmtime_handler_is_not_collided_with_nor_adopted() {
     assert_eq!(h.snapshot(), before);
 }
 
+/// A k3s whose config imports config-v3.toml.d/*.toml gets a drop-in of wasmpod's there, and
+/// its templates are left alone: containerd merges the drop-in's tables into k3s's config.
+#[tokio::test]
+async fn k3s_with_drop_in_imports_gets_a_drop_in_not_a_template() {
+    let dropin = "/var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.d/wasmpod.toml";
+    let t = round_trip("k3s-v3-dropin", dropin, "k3s", None).await;
+    assert!(t.starts_with("# Written by wasmpod-installer"), "{t}");
+    assert!(t.contains("\nversion = 3\n"), "{t}");
+    assert!(!t.contains("{{"), "a drop-in is TOML, not a template: {t}");
+    assert_runtimes(&t, ConfigVersion::V3, Some(true));
+    let h = host("k3s-v3-dropin");
+    h.installer(Box::new(Recorder::default()))
+        .install()
+        .await
+        .unwrap();
+    assert!(!h
+        .root()
+        .join("var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl")
+        .exists());
+}
+
+/// An install made into the template before k3s rendered drop-in imports (a k3s upgrade)
+/// stays in the template: nothing moves, nothing restarts.
+#[tokio::test]
+async fn a_k3s_template_install_stays_when_drop_in_imports_appear() {
+    let h = host("k3s-v3-dropin");
+    let config = h
+        .root()
+        .join("var/lib/rancher/k3s/agent/etc/containerd/config.toml");
+    let with_imports = std::fs::read_to_string(&config).unwrap();
+    let imports =
+        "imports = [\"/var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.d/*.toml\"]\n";
+    std::fs::write(&config, with_imports.replace(imports, "")).unwrap();
+    let rec = std::sync::Arc::new(Recorder::with_active(&["k3s"]));
+    let inst = h.installer(Box::new(Shared(rec.clone())));
+    let r = inst.install().await.unwrap();
+    assert!(r.config.ends_with("config-v3.toml.tmpl"), "{r:?}");
+    std::fs::write(&config, &with_imports).unwrap();
+    let r = inst.install().await.unwrap();
+    assert!(
+        r.config.ends_with("config-v3.toml.tmpl") && !r.config_changed,
+        "{r:?}"
+    );
+    assert_eq!(rec.calls(), ["k3s"]);
+}
+
 #[tokio::test]
 async fn rke2_v3_user_template() {
     let t = round_trip(
