@@ -34,6 +34,8 @@ const K3S_DROP_IN_HEADER: &str = "# Written by wasmpod-installer (k3s/RKE2's con
                                   uninstall` removes it.\n";
 /// Its name.
 const K3S_DROP_IN_NAME: &str = "wasmpod.toml";
+/// The line by which k0s knows its containerd config is its own to generate.
+const K0S_MANAGED_MARKER: &str = "# k0s_managed=true";
 
 /// Where and how to install.
 pub struct Installer {
@@ -412,6 +414,31 @@ impl Installer {
                     }
                     (None, None) => self.fallback_version(&layout, main).await?,
                 };
+                // k0s merges /etc/k0s/containerd.d into containerd's config only while
+                // containerd.toml carries its `# k0s_managed=true` line (k0s's containerd
+                // component, isK0sManagedConfig); a file the user took over reads drop-ins
+                // only if it imports them itself, and wasmpod's would otherwise do nothing.
+                if let (Some(text), Some(doc)) = (&main_text, &main_doc) {
+                    let managed = text.lines().any(|l| l == K0S_MANAGED_MARKER);
+                    let dir = path.parent().unwrap_or(Path::new("/"));
+                    let imported = config::imports(doc)
+                        .iter()
+                        .any(|i| Path::new(i) == dir.join("*.toml") || Path::new(i) == path);
+                    if !managed && !imported {
+                        return Err(Error::UnsupportedTemplate {
+                            path: main.clone(),
+                            reason: format!(
+                                "this containerd config is yours, not k0s's (it has no \
+                                 `{K0S_MANAGED_MARKER}` line), so k0s does not merge the \
+                                 drop-ins of {} into it and wasmpod's would have no effect. \
+                                 Add \"{}\" to its imports, or add wasmpod's runtimes to it \
+                                 yourself (deploy/containerd/ has the tables)",
+                                dir.display(),
+                                dir.join("*.toml").display()
+                            ),
+                        });
+                    }
+                }
                 let systemd = main_doc
                     .as_ref()
                     .and_then(|d| config::systemd_cgroup(d, version));

@@ -1118,6 +1118,33 @@ async fn a_foreign_handler_in_k0s_config_is_refused() {
     assert!(e.to_string().contains("/etc/k0s/containerd.toml"), "{e}");
 }
 
+/// k0s applies its drop-ins only while containerd.toml is k0s's (its `# k0s_managed=true`
+/// line); a config the user took over gets a clear refusal unless it imports the drop-ins.
+#[tokio::test]
+async fn a_k0s_config_the_user_manages_is_refused_unless_it_imports_the_drop_ins() {
+    let users = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+    let e = refused("k0s", |r| {
+        std::fs::write(r.join("etc/k0s/containerd.toml"), users).unwrap()
+    })
+    .await;
+    assert!(matches!(e, Error::UnsupportedTemplate { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("# k0s_managed=true") && msg.contains("/etc/k0s/containerd.d/*.toml"),
+        "{msg}"
+    );
+    let h = host("k0s");
+    std::fs::write(
+        h.root().join("etc/k0s/containerd.toml"),
+        format!("imports = [\"/etc/k0s/containerd.d/*.toml\"]\n{users}"),
+    )
+    .unwrap();
+    h.installer(Box::new(Recorder::default()))
+        .install()
+        .await
+        .unwrap();
+}
+
 /// Holds the installer's lock the way another installer run would (flock on the lock file).
 fn hold_lock(inst: &Installer) -> nix::fcntl::Flock<std::fs::File> {
     let path = inst.lock_file();
