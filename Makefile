@@ -53,7 +53,7 @@ IMAGE ?= wasmpod-installer:dev
 installer-image: ## installer image, multi-arch (needs docker buildx)
 	docker buildx build -f runtimeclass/Dockerfile --platform linux/amd64,linux/arm64 -t $(IMAGE) .
 
-kind-test: ## kind cluster: images, helm install, Wasm workloads, helm test, uninstall (docker, kind, kubectl, helm, skopeo)
+kind-test: ## kind cluster: images, helm install, Wasm workloads, helm test, uninstall (docker, kind, kubectl, helm)
 	bash test-kind/run.sh
 
 components: ## build the local cluster's Kubernetes, etcd, Helm and crictl from the Go module proxy (once; ~15 min cold)

@@ -107,6 +107,23 @@ def test_schema_rejects_bad_values(bad):
         render(bad)
 
 
+def test_renders_as_a_subchart():
+    """A parent chart passes `global` to every subchart, and usually `enabled` (its dependency
+    condition `wasmpod.enabled`): the schema must let both through."""
+    files = render({"global": {"imageRegistry": "registry.example.com"}, "enabled": True})
+    assert by_kind(objects(files), "DaemonSet")
+    r = helm.lint(str(CHART), values={"global": {}, "enabled": False}, strict=True)
+    assert r["errors"] == []
+
+
+def test_notes_say_the_default_image_is_an_example():
+    notes = next(t for p, t in render().items() if p.endswith("NOTES.txt"))
+    assert "wasmpod/installer is an example name" in notes, notes
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes, notes
+    notes = next(t for p, t in render(CUSTOM).items() if p.endswith("NOTES.txt"))
+    assert "example name" not in notes, notes
+
+
 def test_default_render(tmp_path):
     files = render()
     out = check_manifests(tmp_path, files)
@@ -325,5 +342,6 @@ def test_every_value_is_documented_and_typed():
             yield prefix + k
             yield from keys(v, prefix + k + ".")
     missing = set(keys(schema)) - seen
-    # keys the schema allows but values.yaml leaves out on purpose
-    assert missing == set(), f"in the schema but not in values.yaml: {sorted(missing)}"
+    # keys the schema allows but values.yaml leaves out on purpose: what a parent chart passes
+    # when this one is its subchart
+    assert missing == {"global", "enabled"}, f"in the schema but not in values.yaml: {sorted(missing)}"

@@ -73,6 +73,32 @@ for name, job in jobs.items():
 ' "$1"
 }
 
+# workflow_pinned FILE: every action is pinned by a full commit, every downloaded binary is
+# checked against a sum written in the workflow (a .sha256 file fetched from the binary's own
+# origin proves nothing if that origin is compromised), and node images carry a digest.
+workflow_pinned() {
+	"$PY" -c '
+import re, sys, yaml
+text = open(sys.argv[1]).read()
+bad = []
+for m in re.finditer(r"uses:\s*(\S+)", text):
+    if not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", m.group(1)):
+        bad.append("action not pinned by commit: " + m.group(1))
+for m in re.finditer(r"https://\S+\.sha256(sum)?\b", text):
+    bad.append("checksum fetched at run time: " + m.group(0))
+for m in re.finditer(r"kindest/node:[^\s\"]+", text):
+    if "@sha256:" not in m.group(0):
+        bad.append("node image without a digest: " + m.group(0))
+if bad:
+    sys.exit("\n".join(sys.argv[1:2] + bad))
+' "$1"
+}
+
+# registry_pinned: run.sh's registry image carries a digest.
+registry_pinned() {
+	grep -Eq '^REGISTRY_IMAGE=[^ ]+@sha256:[0-9a-f]{64}$' test-kind/run.sh
+}
+
 # same_node_image: run.sh's default KIND_NODE_IMAGE is the image in kind-config.yaml.
 same_node_image() {
 	local cfg rs
@@ -147,7 +173,9 @@ for f in .github/workflows/*.yml; do
 	[ -e "$f" ] || continue
 	check "yaml $f" yaml_ok "$f"
 	check "workflow $f" workflow_ok "$f"
+	check "workflow $f pins actions, sums and images" workflow_pinned "$f"
 done
+check "run.sh pins the registry image by digest" registry_pinned
 check "kind node image pinned, same in kind-config.yaml and run.sh" same_node_image
 check "run.sh --dry-run" dry_run
 

@@ -34,8 +34,9 @@ ARTIFACTS=${ARTIFACTS:-$ROOT/target/kind-artifacts}
 WORK=$ROOT/target/kind-test
 # The registry: kind's documented pattern, a registry container on the kind network, published
 # on the host at localhost:5001 (for pushing) and reached by the nodes by container name.
-# Pinned by tag only: we have not verified a digest for it.
-REGISTRY_IMAGE=registry:2.8.3
+# Pinned by digest: registry:2.8.3's multi-arch index, as many public projects pin it (it could
+# not be pulled from these machines, which reach no registry; a wrong digest fails the pull).
+REGISTRY_IMAGE=registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373
 REGISTRY_NAME=$KIND_CLUSTER-registry
 REGISTRY_PORT=5001 # the workload manifests name localhost:5001/...
 ARTIFACT_IMAGE=localhost:$REGISTRY_PORT/wasmpod/hello-artifact:1

@@ -14,13 +14,22 @@ pub enum ConfigVersion {
     V2,
     /// `version = 3`: containerd 2.x, CRI runtime plugin `io.containerd.cri.v1.runtime`.
     V3,
+    /// `version = 4`: what `containerd config default` writes from containerd 2.3. It moves
+    /// the server settings (`[grpc]`, `[ttrpc]`, `[debug]`, `[metrics]`) into
+    /// `io.containerd.server.v1.*` plugins; the CRI plugins are named as in version 3.
+    V4,
 }
+
+/// The config versions wasmpod knows, for messages.
+pub const KNOWN_VERSIONS: &str =
+    "2 (containerd 1.6/1.7), 3 (containerd 2.x) and 4 (containerd 2.3 and later)";
 
 impl ConfigVersion {
     pub fn number(self) -> i64 {
         match self {
             ConfigVersion::V2 => 2,
             ConfigVersion::V3 => 3,
+            ConfigVersion::V4 => 4,
         }
     }
 
@@ -28,6 +37,7 @@ impl ConfigVersion {
         match n {
             2 => Some(ConfigVersion::V2),
             3 => Some(ConfigVersion::V3),
+            4 => Some(ConfigVersion::V4),
             _ => None,
         }
     }
@@ -36,11 +46,12 @@ impl ConfigVersion {
     pub fn cri_plugin(self) -> &'static str {
         match self {
             ConfigVersion::V2 => "io.containerd.grpc.v1.cri",
-            ConfigVersion::V3 => "io.containerd.cri.v1.runtime",
+            ConfigVersion::V3 | ConfigVersion::V4 => "io.containerd.cri.v1.runtime",
         }
     }
 
-    /// The version containerd `runtime_version` (from CRI `Version`) calls for.
+    /// The version to write for containerd `runtime_version` (from CRI `Version`) when no
+    /// file says: 3 for every 2.x, since containerd 2.3 still reads version 3.
     pub fn for_containerd(runtime_version: &str) -> Option<Self> {
         let v = runtime_version.trim_start_matches('v');
         match v.split('.').next()? {
@@ -86,6 +97,18 @@ pub fn parse(text: &str, path: &Path) -> Result<DocumentMut> {
         path: path.to_path_buf(),
         message: e.to_string().trim().to_string(),
     })
+}
+
+/// The config's `imports` (the files containerd merges into it), as written.
+pub fn imports(doc: &DocumentMut) -> Vec<String> {
+    doc.get("imports")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The config's `version`. A file without one is version 1, which wasmpod refuses.
@@ -172,6 +195,24 @@ impl FoundRuntime {
         let (runtime_type, path) = settings.runtime(&self.name);
         self.runtime_type.as_deref() == Some(runtime_type)
             && self.runtime_path.as_deref() == Some(path.as_str())
+    }
+
+    /// The shim binary containerd starts for this runtime: `runtime_path`, else the name
+    /// containerd derives from the last two parts of `runtime_type`
+    /// (`io.containerd.wasmtime.v2` → `containerd-shim-wasmtime-v2`) and looks up on its
+    /// PATH. `options.BinaryName` plays no part: it is runc's option.
+    pub fn shim_binary(&self) -> String {
+        if let Some(p) = self.runtime_path.as_deref().filter(|p| !p.is_empty()) {
+            return p.to_string();
+        }
+        let t = self.runtime_type.as_deref().unwrap_or_default();
+        let mut parts = t.rsplit('.');
+        match (parts.next(), parts.next()) {
+            (Some(version), Some(name)) if !name.is_empty() => {
+                format!("containerd-shim-{name}-{version} (from containerd's PATH)")
+            }
+            _ => format!("no shim (runtime_type {t:?} names none)"),
+        }
     }
 
     /// What it runs, for messages: its type and binary.
@@ -293,19 +334,34 @@ pub fn add_runtimes(
         let (runtime_type, runtime_path) = settings.runtime(handler);
         changed |= set_if_different(rt, "runtime_type", runtime_type.into());
         changed |= set_if_different(rt, "runtime_path", runtime_path.as_str().into());
-        // Both handlers get an options table: containerd hands it to the shim, which takes
-        // its cgroup driver from there.
-        changed |= !rt.contains_key("options");
-        let opts = rt
-            .entry("options")
-            .or_insert_with(|| Item::Table(Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| Error::UnsupportedTemplate {
-                path: path.to_path_buf(),
-                reason: format!("`{handler}.options` is not a [table]"),
-            })?;
-        if let Some(systemd) = settings.systemd_cgroup {
-            changed |= set_if_different(opts, "SystemdCgroup", systemd.into());
+        // containerd hands the options table to the shim, which takes its cgroup driver from
+        // there. Without a SystemdCgroup to say (runc's options do not: MicroK8s, k0s, a
+        // missing config) there is no table at all: an empty one makes containerd send an
+        // empty options body, which a shim's config parsing may reject, and the shim's
+        // default is runc's (cgroupfs). An empty table an older install wrote goes too.
+        match settings.systemd_cgroup {
+            Some(systemd) => {
+                changed |= !rt.contains_key("options");
+                let opts = rt
+                    .entry("options")
+                    .or_insert_with(|| Item::Table(Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| Error::UnsupportedTemplate {
+                        path: path.to_path_buf(),
+                        reason: format!("`{handler}.options` is not a [table]"),
+                    })?;
+                changed |= set_if_different(opts, "SystemdCgroup", systemd.into());
+            }
+            None => {
+                let empty = rt
+                    .get("options")
+                    .and_then(|o| o.as_table_like())
+                    .is_some_and(|t| t.is_empty());
+                if empty {
+                    rt.remove("options");
+                    changed = true;
+                }
+            }
         }
     }
     Ok(changed)
@@ -630,7 +686,7 @@ version = 2
     #[test]
     fn refuses_unknown_versions_and_bad_toml() {
         for (text, want) in [
-            ("version = 4\n", "version 4"),
+            ("version = 5\n", "version 5"),
             ("[plugins]\n", "version 1 (no `version` key)"),
             ("version = \"2\"\n", "version \"2\""),
         ] {
@@ -646,6 +702,24 @@ version = 2
         )
         .unwrap_err();
         assert!(matches!(e, Error::Toml { .. }), "{e}");
+    }
+
+    #[test]
+    fn no_empty_options_table_without_systemd_cgroup() {
+        let text = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n";
+        let (_, out) = patch_text(text, Path::new("c"), None, &settings(), &[]).unwrap();
+        assert!(!out.contains(".options]"), "{out}");
+        // one an older install wrote is taken out
+        let old = out.replace(
+            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\n",
+            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n",
+        );
+        assert_ne!(old, out);
+        let (_, fixed) = patch_text(&old, Path::new("c"), None, &settings(), &[]).unwrap();
+        assert!(!fixed.contains(".options]"), "{fixed}");
+        // with runc's SystemdCgroup both get it
+        let (_, v2) = patch_text(V2, Path::new("c"), None, &settings(), &[]).unwrap();
+        assert_eq!(v2.matches("SystemdCgroup = true").count(), 3, "{v2}");
     }
 
     #[test]
@@ -770,6 +844,36 @@ version = 2
             Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1")
         )
         .is_wasmpod(&s));
+    }
+
+    #[test]
+    fn the_shim_containerd_starts_comes_from_runtime_type_or_path() {
+        let r = |t: &str, p: Option<&str>, b: Option<&str>| FoundRuntime {
+            name: "wasmtime".into(),
+            runtime_type: Some(t.into()),
+            runtime_path: p.map(str::to_string),
+            binary_name: b.map(str::to_string),
+        };
+        // what k3s registers: BinaryName does not name the shim
+        assert_eq!(
+            r(
+                "io.containerd.wasmtime.v2",
+                None,
+                Some("/usr/bin/containerd-shim-wasmtime-v1")
+            )
+            .shim_binary(),
+            "containerd-shim-wasmtime-v2 (from containerd's PATH)"
+        );
+        assert_eq!(
+            r(
+                crate::RUNTIME_TYPE,
+                Some("/opt/wasmpod/bin/containerd-shim-wasmtime-v1"),
+                None
+            )
+            .shim_binary(),
+            "/opt/wasmpod/bin/containerd-shim-wasmtime-v1"
+        );
+        assert!(r("runc", None, None).shim_binary().starts_with("no shim"));
     }
 
     #[test]

@@ -27,8 +27,13 @@ pub enum Target {
     /// and its own handlers).
     Template { path: PathBuf, generated: PathBuf },
     /// A file of wasmpod's own in a drop-in directory (k0s), with `main` the generated
-    /// config it is merged into.
-    DropIn { path: PathBuf, main: PathBuf },
+    /// config it is merged into and `containerd` the binary the distribution runs (asked for
+    /// its version, which decides the drop-in's config version).
+    DropIn {
+        path: PathBuf,
+        main: PathBuf,
+        containerd: PathBuf,
+    },
 }
 
 impl Target {
@@ -41,12 +46,21 @@ impl Target {
     }
 }
 
+impl Distro {
+    /// Whether the distribution reloads containerd by itself when wasmpod's file changes, so
+    /// that the installer must not restart anything.
+    pub fn reloads_containerd_itself(self) -> bool {
+        self == Distro::K0s
+    }
+}
+
 /// Where a distribution keeps things; all paths are host paths (absolute, without the host root).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub distro: Distro,
     pub target: Target,
-    /// The systemd units to restart, the first that exists on the host wins.
+    /// The systemd units that may run containerd (those installed on the host, or all
+    /// candidates when none is found); of several, the active one is restarted.
     pub services: Vec<String>,
     /// containerd's socket.
     pub socket: PathBuf,
@@ -57,6 +71,8 @@ pub const RKE2_DIR: &str = "/var/lib/rancher/rke2/agent/etc/containerd";
 pub const MICROK8S_TEMPLATE: &str = "/var/snap/microk8s/current/args/containerd-template.toml";
 pub const K0S_CONFIG: &str = "/etc/k0s/containerd.toml";
 pub const K0S_DROPIN: &str = "/etc/k0s/containerd.d/wasmpod.toml";
+/// The containerd k0s stages from its own bundle and runs.
+pub const K0S_CONTAINERD: &str = "/var/lib/k0s/bin/containerd";
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Refuses hosts whose OS is immutable (from `/etc/os-release`).
@@ -92,10 +108,12 @@ pub fn check_mutable(host_root: &Path) -> Result<()> {
     })
 }
 
-fn first_existing_unit(host_root: &Path, units: &[&str]) -> Vec<String> {
+fn installed_units(host_root: &Path, units: &[&str]) -> Vec<String> {
     let exists = |u: &str| {
         [
             "/etc/systemd/system",
+            // where RKE2's tarball install (INSTALL_RKE2_TAR_PREFIX=/usr/local) puts its units
+            "/usr/local/lib/systemd/system",
             "/lib/systemd/system",
             "/usr/lib/systemd/system",
         ]
@@ -138,7 +156,7 @@ pub fn detect(host_root: &Path, config_override: Option<&Path>) -> Layout {
                     path: dirp.join("config.toml.tmpl"),
                     generated: dirp.join("config.toml"),
                 },
-                services: first_existing_unit(host_root, &units),
+                services: installed_units(host_root, &units),
                 socket: "/run/k3s/containerd/containerd.sock".into(),
             };
         }
@@ -157,8 +175,11 @@ pub fn detect(host_root: &Path, config_override: Option<&Path>) -> Layout {
             target: Target::DropIn {
                 path: K0S_DROPIN.into(),
                 main: K0S_CONFIG.into(),
+                containerd: K0S_CONTAINERD.into(),
             },
-            services: first_existing_unit(host_root, &["k0sworker", "k0scontroller"]),
+            // k0s watches its drop-in directory and reloads containerd itself; restarting
+            // k0scontroller would take the control plane down with it.
+            services: Vec::new(),
             socket: "/run/k0s/containerd.sock".into(),
         };
     }

@@ -28,6 +28,15 @@ const CREATED_HEADER: &str = "# Written by wasmpod-installer: this file did not 
 const DROP_IN_HEADER: &str = "# Written by wasmpod-installer (k0s merges this drop-in into its \
                               containerd config).\n# `wasmpod-installer uninstall` removes it.\n";
 
+/// The first lines of wasmpod's drop-in in k3s/RKE2's containerd drop-in directory.
+const K3S_DROP_IN_HEADER: &str = "# Written by wasmpod-installer (k3s/RKE2's containerd config \
+                                  imports this directory's drop-ins).\n# `wasmpod-installer \
+                                  uninstall` removes it.\n";
+/// Its name.
+const K3S_DROP_IN_NAME: &str = "wasmpod.toml";
+/// The line by which k0s knows its containerd config is its own to generate.
+const K0S_MANAGED_MARKER: &str = "# k0s_managed=true";
+
 /// Where and how to install.
 pub struct Installer {
     /// The host's root as the installer sees it (`/host` in the chart's DaemonSet).
@@ -189,6 +198,41 @@ impl Installer {
         }
     }
 
+    /// The version `<binary> --version` prints (`containerd <module> <version> <revision>`),
+    /// run from the host root (k0s's containerd is a static binary); `None` when there is no
+    /// such binary or it does not answer in time.
+    async fn binary_version(&self, binary: &Path) -> Option<String> {
+        let path = self.hp(binary);
+        if !path.is_file() {
+            return None;
+        }
+        let run = tokio::process::Command::new(&path)
+            .arg("--version")
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(10), run).await {
+            Ok(Ok(out)) if out.status.success() => {
+                let v = containerd_version_of(&String::from_utf8_lossy(&out.stdout));
+                if v.is_none() {
+                    warn!(binary = %path.display(), "cannot read a version in what --version printed");
+                }
+                v
+            }
+            Ok(Ok(out)) => {
+                warn!(binary = %path.display(), status = %out.status, "--version failed");
+                None
+            }
+            Ok(Err(e)) => {
+                warn!(binary = %path.display(), error = %e, "cannot run --version");
+                None
+            }
+            Err(_) => {
+                warn!(binary = %path.display(), "--version did not answer within 10 s");
+                None
+            }
+        }
+    }
+
     fn settings(&self, handlers: Vec<String>, systemd_cgroup: Option<bool>) -> RuntimeSettings {
         RuntimeSettings {
             bin_dir: self.bin_dir.to_string_lossy().into_owned(),
@@ -203,7 +247,7 @@ impl Installer {
         distro::check_mutable(&self.host_root)?;
         let layout = self.layout();
         info!(distro = ?layout.distro, target = %layout.target.path().display(), "detected");
-        let mut handlers = self.handlers.clone();
+        let handlers = self.handlers.clone();
         match &layout.target {
             Target::TomlFile(path) => {
                 let current = read_opt(&self.hp(path))?;
@@ -249,9 +293,29 @@ impl Installer {
                     .and_then(|d| config::systemd_cgroup(d, version));
                 let dir = path.parent().unwrap_or(Path::new("/"));
                 let v2_tmpl = dir.join("config.toml.tmpl");
+                // Newer k3s/RKE2 render `imports` of a drop-in directory into the config
+                // (config-v3.toml.d/*.toml for version 3, config.toml.d/*.toml for 2), and
+                // containerd merges the drop-ins' tables into the config's: a file of
+                // wasmpod's own there beats any template. An install made into the template
+                // stays there (moving it is an uninstall and an install).
+                let dropin_dir = dir.join(match version {
+                    ConfigVersion::V2 => "config.toml.d",
+                    ConfigVersion::V3 | ConfigVersion::V4 => "config-v3.toml.d",
+                });
+                let dropin = dropin_dir.join(K3S_DROP_IN_NAME);
+                let imported = gen.as_ref().is_some_and(|d| {
+                    config::imports(d)
+                        .iter()
+                        .any(|i| Path::new(i) == dropin_dir.join("*.toml"))
+                });
+                let use_dropin =
+                    imported && self.read_state()?.is_none_or(|st| st.config == dropin);
                 let path = match version {
+                    _ if use_dropin => dropin,
                     ConfigVersion::V2 => v2_tmpl,
-                    ConfigVersion::V3 => {
+                    // k3s/RKE2 render version 3 from config-v3.toml.tmpl; should a release
+                    // render 4, its CRI tables are named the same and the template is that one.
+                    ConfigVersion::V3 | ConfigVersion::V4 => {
                         let v3 = dir.join("config-v3.toml.tmpl");
                         if !self.hp(&v3).exists() && self.hp(&v2_tmpl).exists() {
                             return Err(Error::UnsupportedTemplate {
@@ -268,37 +332,50 @@ impl Installer {
                     }
                 };
                 let current = read_opt(&self.hp(&path))?;
-                // k3s/RKE2 create a `wasmtime` handler of their own when they find a
-                // containerd-shim-wasmtime-v1 on their PATH. Ours always has runtime_path.
+                // k3s/RKE2 register a `wasmtime` handler of their own when they find a
+                // containerd-shim-wasmtime-v1 in /opt/kwasm/bin, /usr/bin or /usr/sbin:
+                // runtime_type io.containerd.wasmtime.v2 with only options.BinaryName
+                // (k3s pkg/agent/containerd/runwasi.go). containerd starts the shim that
+                // runtime_type names, containerd-shim-wasmtime-v2, never BinaryName (a runc
+                // option), so that handler cannot run wasmpod's shim wherever it is: adopting
+                // it would register a handler that runs no wasmpod code. The template cannot
+                // redefine its table either (a duplicate table is invalid TOML).
                 let ours = self
                     .bin_dir
                     .join(SHIM_BINARY)
                     .to_string_lossy()
                     .into_owned();
-                if let Some(doc) = &gen {
+                if let (Some(doc), true) = (&gen, handlers.iter().any(|h| h == HANDLER)) {
                     if let Some(theirs) = config::runtimes(doc, version).into_iter().find(|r| {
                         r.name == HANDLER && r.runtime_path.as_deref() != Some(ours.as_str())
                     }) {
-                        let binary = theirs
-                            .binary_name
-                            .clone()
-                            .unwrap_or_else(|| format!("{SHIM_BINARY} on k3s's PATH"));
-                        if binary == ours {
-                            info!(binary, "k3s/RKE2 already runs our shim as `wasmtime`: adopting its handler");
-                            handlers.retain(|h| h != HANDLER);
-                        } else {
-                            return Err(Error::K3sHandlerConflict {
-                                path: generated.clone(),
-                                binary,
-                            });
-                        }
+                        return Err(Error::K3sHandlerConflict {
+                            path: generated.clone(),
+                            binary: theirs
+                                .binary_name
+                                .clone()
+                                .unwrap_or_else(|| "(no options.BinaryName)".into()),
+                            runtime_type: theirs
+                                .runtime_type
+                                .clone()
+                                .unwrap_or_else(|| "(none)".into()),
+                            runs: theirs.shim_binary(),
+                        });
                     }
                 }
                 let s = self.settings(handlers.clone(), systemd);
                 if let Some(doc) = &gen {
                     self.foreign_runtimes(doc, version, &s, generated, false)?;
                 }
-                let desired = config::patch_template(current.as_deref(), &path, version, &s)?;
+                let desired = match use_dropin {
+                    true => {
+                        if let Some(c) = &current {
+                            config::parse(c, &path)?;
+                        }
+                        config::fresh(version, &s, K3S_DROP_IN_HEADER)?
+                    }
+                    false => config::patch_template(current.as_deref(), &path, version, &s)?,
+                };
                 Ok(Plan {
                     path,
                     current,
@@ -308,18 +385,60 @@ impl Installer {
                     layout,
                 })
             }
-            Target::DropIn { path, main } => {
+            Target::DropIn {
+                path,
+                main,
+                containerd,
+            } => {
                 let main_text = read_opt(&self.hp(main))?;
                 let main_doc = main_text
                     .as_deref()
                     .map(|t| config::parse(t, main))
                     .transpose()?;
-                let version = match &main_doc {
-                    Some(doc) => {
+                // The containerd k0s runs decides: k0s up to 1.35 runs containerd 1.7 (version
+                // 2, io.containerd.grpc.v1.cri), from 1.36 containerd 2.x, whose preflight
+                // refuses a drop-in that says version 2 or names io.containerd.grpc.v1.cri.
+                // The main config says the same once k0s has rewritten it, but a k0s that was
+                // just upgraded, or a config the user manages, may still say the old one.
+                let running = self.binary_version(containerd).await;
+                let version = match (
+                    running.as_deref().and_then(ConfigVersion::for_containerd),
+                    &main_doc,
+                ) {
+                    (Some(v), _) => {
+                        info!(containerd = %containerd.display(), version = running.as_deref().unwrap_or_default(), config_version = v.number(), "k0s's containerd");
+                        config::agree(v, self.config_version, containerd)?
+                    }
+                    (None, Some(doc)) => {
                         config::agree(config::version(doc, main)?, self.config_version, main)?
                     }
-                    None => self.fallback_version(&layout, main).await?,
+                    (None, None) => self.fallback_version(&layout, main).await?,
                 };
+                // k0s merges /etc/k0s/containerd.d into containerd's config only while
+                // containerd.toml carries its `# k0s_managed=true` line (k0s's containerd
+                // component, isK0sManagedConfig); a file the user took over reads drop-ins
+                // only if it imports them itself, and wasmpod's would otherwise do nothing.
+                if let (Some(text), Some(doc)) = (&main_text, &main_doc) {
+                    let managed = text.lines().any(|l| l == K0S_MANAGED_MARKER);
+                    let dir = path.parent().unwrap_or(Path::new("/"));
+                    let imported = config::imports(doc)
+                        .iter()
+                        .any(|i| Path::new(i) == dir.join("*.toml") || Path::new(i) == path);
+                    if !managed && !imported {
+                        return Err(Error::UnsupportedTemplate {
+                            path: main.clone(),
+                            reason: format!(
+                                "this containerd config is yours, not k0s's (it has no \
+                                 `{K0S_MANAGED_MARKER}` line), so k0s does not merge the \
+                                 drop-ins of {} into it and wasmpod's would have no effect. \
+                                 Add \"{}\" to its imports, or add wasmpod's runtimes to it \
+                                 yourself (deploy/containerd/ has the tables)",
+                                dir.display(),
+                                dir.join("*.toml").display()
+                            ),
+                        });
+                    }
+                }
                 let systemd = main_doc
                     .as_ref()
                     .and_then(|d| config::systemd_cgroup(d, version));
@@ -449,6 +568,15 @@ impl Installer {
             }
         }
 
+        let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
+        // Decided before the first write, so a node where the unit cannot be told changes
+        // nothing.
+        let reloads_itself = plan.layout.distro.reloads_containerd_itself();
+        let unit = match config_changed && self.restart && !reloads_itself {
+            true => Some(self.unit_to_restart(&plan.layout.services)?),
+            false => None,
+        };
+
         let wants_isolated = plan.handlers.iter().any(|h| h == HANDLER_ISOLATED);
         // Both sources must be there before anything is written.
         for (source, binary, wanted) in [
@@ -481,7 +609,6 @@ impl Installer {
             )?),
             false => None,
         };
-        let config_changed = plan.current.as_deref() != Some(plan.desired.as_str());
         let original_existed = match &previous {
             Some(s) if s.config == plan.path => s.original_existed,
             _ => plan.current.is_some(),
@@ -535,7 +662,7 @@ impl Installer {
             })?;
             write_atomic(&self.state_file(), &json, 0o600)?;
         }
-        let restarted = match self.maybe_restart(config_changed, &plan.layout.services) {
+        let restarted = match self.maybe_restart(config_changed, unit, reloads_itself) {
             Ok(r) => r,
             Err(e) => {
                 // containerd still runs on the previous config: put it back, so that the next
@@ -546,6 +673,18 @@ impl Installer {
                 return Err(e);
             }
         };
+        if config_changed && reloads_itself {
+            info!(config = %plan.path.display(), "k0s reloads containerd when its drop-ins change: nothing is restarted");
+            if let Some(verifier) = &self.verifier {
+                let socket = self.socket(&plan.layout);
+                if let Err(e) = verifier.verify(&socket, &plan.handlers).await {
+                    // Putting the previous drop-in back makes k0s reload containerd on it.
+                    put_back(&plan, &target, mode)?;
+                    warn!(config = %plan.path.display(), error = %e, "the runtime handlers were not verified after k0s's reload: the previous drop-in is restored");
+                    return Err(e);
+                }
+            }
+        }
         if let (Some(unit), Some(verifier)) = (&restarted, &self.verifier) {
             let socket = self.socket(&plan.layout);
             if let Err(e) = verifier.verify(&socket, &plan.handlers).await {
@@ -575,22 +714,59 @@ impl Installer {
         })
     }
 
-    fn maybe_restart(&self, changed: bool, services: &[String]) -> Result<Option<String>> {
+    /// The unit whose restart makes containerd read its config again. Of several (RKE2's
+    /// tarball lays down both rke2-server and rke2-agent on every node) it is the one systemd
+    /// says runs: restarting the other would start it, a server on an agent node. A
+    /// restarter that cannot tell (`--restart-command`) gets the first, as `$UNIT`.
+    fn unit_to_restart(&self, services: &[String]) -> Result<String> {
+        let many = match services {
+            [] => return Ok("containerd".into()),
+            [one] => return Ok(one.clone()),
+            many => many,
+        };
+        let mut running = Vec::new();
+        for unit in many {
+            match self.restarter.is_active(unit)? {
+                None => {
+                    info!(unit = %many[0], candidates = ?many, "the restarter cannot tell which unit runs: using the first");
+                    return Ok(many[0].clone());
+                }
+                Some(true) => running.push(unit.clone()),
+                Some(false) => {}
+            }
+        }
+        match running.as_slice() {
+            [one] => {
+                info!(unit = %one, candidates = ?many, "the active unit runs containerd");
+                Ok(one.clone())
+            }
+            [] => Err(Error::NoActiveUnit {
+                units: many.to_vec(),
+            }),
+            _ => Err(Error::SeveralActiveUnits { units: running }),
+        }
+    }
+
+    /// Restarts `unit` (chosen by [`Self::unit_to_restart`]; `None` with --no-restart) when
+    /// the config changed.
+    /// `reloads_itself`: the distribution reloads containerd on its own (k0s).
+    fn maybe_restart(
+        &self,
+        changed: bool,
+        unit: Option<String>,
+        reloads_itself: bool,
+    ) -> Result<Option<String>> {
         if !changed {
             info!("config unchanged: containerd not restarted");
             return Ok(None);
         }
-        let unit = services
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "containerd".into());
-        if !self.restart {
-            warn!(
-                unit,
-                "config changed but --no-restart: restart it yourself to apply"
-            );
+        if reloads_itself {
             return Ok(None);
         }
+        let Some(unit) = unit else {
+            warn!("config changed but --no-restart: restart containerd yourself to apply");
+            return Ok(None);
+        };
         info!(
             unit,
             "config changed: restarting (running pods may be affected on some distributions)"
@@ -641,6 +817,10 @@ impl Installer {
             }
         };
         let changed = after != current;
+        let unit = match changed && self.restart && !state.distro.reloads_containerd_itself() {
+            true => Some(self.unit_to_restart(&state.services)?),
+            false => None,
+        };
         if changed {
             match &after {
                 Some(text) => write_atomic(&target, text.as_bytes(), file_mode(&target))?,
@@ -651,7 +831,11 @@ impl Installer {
         let state_dir = self.hp(&self.state_dir);
         std::fs::remove_dir_all(&state_dir).map_err(io_err(&state_dir))?;
         info!(config = %state.config.display(), changed, "wasmpod's entries are out of the config");
-        let restarted = self.maybe_restart(changed, &state.services)?;
+        let reloads_itself = state.distro.reloads_containerd_itself();
+        if changed && reloads_itself {
+            info!(config = %state.config.display(), "k0s reloads containerd when its drop-ins change: nothing is restarted");
+        }
+        let restarted = self.maybe_restart(changed, unit, reloads_itself)?;
         Ok(Some(Report {
             distro: state.distro,
             config: state.config,
@@ -673,8 +857,8 @@ impl Installer {
     ) -> Result<Option<String>> {
         let path = &state.config;
         let rest = match state.distro {
-            // wasmpod's marked block in the Go template
-            Distro::K3s | Distro::Rke2 => {
+            // wasmpod's marked block in the Go template (not its drop-in, below)
+            Distro::K3s | Distro::Rke2 if !is_k3s_dropin(path) => {
                 let rest = config::remove_template_block(current, path)?
                     .unwrap_or_else(|| current.to_string());
                 if !state.original_existed && rest.trim() == config::BASE_TEMPLATE {
@@ -695,7 +879,7 @@ impl Installer {
                         return Ok(None);
                     }
                     // Someone else's now: wasmpod's header would say uninstall removes it.
-                    for header in [CREATED_HEADER, DROP_IN_HEADER] {
+                    for header in [CREATED_HEADER, DROP_IN_HEADER, K3S_DROP_IN_HEADER] {
                         if let Some(r) = rest.strip_prefix(header) {
                             return Ok(Some(r.to_string()));
                         }
@@ -743,6 +927,24 @@ impl Installer {
             "socket": self.socket(&layout),
         }))
     }
+}
+
+/// The version in `containerd --version`'s output: `containerd github.com/containerd/containerd
+/// v1.7.23 <revision>` (the third word; distributions' builds drop the `v`).
+pub fn containerd_version_of(output: &str) -> Option<String> {
+    let line = output.lines().find(|l| l.starts_with("containerd "))?;
+    let v = line.split_whitespace().nth(2)?;
+    let digits = v.trim_start_matches('v');
+    digits
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then(|| v.to_string())
+}
+
+/// Whether a k3s/RKE2 install's file is wasmpod's drop-in rather than a template.
+fn is_k3s_dropin(path: &Path) -> bool {
+    path.parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|d| d.to_string_lossy().ends_with(".toml.d"))
 }
 
 /// The permission bits of `path`, or 0644 for a file that does not exist.
@@ -795,4 +997,47 @@ pub async fn reconcile_label(
         nodes.set_ready(node, want).await?;
     }
     Ok(want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_versions_are_read_from_version_output() {
+        for (out, want) in [
+            // upstream builds, as k0s bundles them
+            (
+                "containerd github.com/containerd/containerd v1.7.23 57f17b0a\n",
+                Some("v1.7.23"),
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 v2.1.4 75cb2b71\n",
+                Some("v2.1.4"),
+            ),
+            // Debian's packages (the test bed's), printed here
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1\n",
+                Some("1.7.24~ds1"),
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n",
+                Some("2.1.9+unknown"),
+            ),
+            ("something else\n", None),
+            ("containerd github.com/containerd/containerd\n", None),
+        ] {
+            assert_eq!(containerd_version_of(out).as_deref(), want, "{out:?}");
+        }
+        assert_eq!(
+            containerd_version_of("containerd x 1.7.24~ds1 y")
+                .as_deref()
+                .and_then(ConfigVersion::for_containerd),
+            Some(ConfigVersion::V2)
+        );
+        assert_eq!(
+            ConfigVersion::for_containerd("2.1.9+unknown"),
+            Some(ConfigVersion::V3)
+        );
+    }
 }

@@ -68,9 +68,9 @@ pub enum Error {
     Toml { path: PathBuf, message: String },
     #[error(
         "{path}: containerd config version {version} is not supported (nothing was changed); \
-         wasmpod understands version 2 (containerd 1.6/1.7) and version 3 (containerd 2.x). \
-         Migrate the file with `containerd config migrate`, or add the runtime by hand \
-         (deploy/containerd/ has snippets)"
+         wasmpod understands versions {}. Migrate the file with `containerd config migrate`, \
+         or add the runtime by hand (deploy/containerd/ has snippets)",
+        crate::config::KNOWN_VERSIONS
     )]
     UnknownVersion { path: PathBuf, version: String },
     #[error(
@@ -101,12 +101,20 @@ pub enum Error {
     )]
     BackupDiffers { backup: PathBuf, path: PathBuf },
     #[error(
-        "{path}: k3s/RKE2 already configures its own `wasmtime` handler (it found a \
-         containerd-shim-wasmtime-v1 at {binary} on its PATH), and wasmpod will not collide \
-         with it (nothing was changed). Remove that binary and restart k3s/RKE2, or install \
-         wasmpod with --bin-dir set to that binary's directory to adopt the handler"
+        "{path}: k3s/RKE2 registered its own `wasmtime` handler (it found a \
+         containerd-shim-wasmtime-v1 at {binary}); its runtime_type {runtime_type} makes \
+         containerd start {runs}, not wasmpod's shim, and wasmpod will not collide with it \
+         (nothing was changed). Remove {binary} and restart k3s/RKE2 so that it drops its \
+         handler (wasmpod's shim lives in its own directory, where k3s does not look), or \
+         leave wasmpod's `wasmtime` handler out (--handlers wasmtime-isolated; the chart's \
+         runtimeClasses.wasmtime.enabled=false)"
     )]
-    K3sHandlerConflict { path: PathBuf, binary: String },
+    K3sHandlerConflict {
+        path: PathBuf,
+        binary: String,
+        runtime_type: String,
+        runs: String,
+    },
     #[error(
         "{path}: the runtime handler `{handler}` ([{table}], {found}) is another project's, and \
          wasmpod does not overwrite it (nothing was changed). {hint}"
@@ -122,6 +130,20 @@ pub enum Error {
     UnsupportedTemplate { path: PathBuf, reason: String },
     #[error("the shim to install was not found at {path}; pass {flag} (nothing was changed)")]
     ShimMissing { path: PathBuf, flag: &'static str },
+    #[error(
+        "none of the units {units:?} is active, so wasmpod cannot tell which one runs \
+         containerd on this node, and restarting the wrong one would start it (a server on an \
+         agent node) (nothing was changed). Check `systemctl status {}`; install with \
+         --no-restart and restart the right unit yourself if this node runs it otherwise",
+        units.join(" ")
+    )]
+    NoActiveUnit { units: Vec<String> },
+    #[error(
+        "the units {units:?} are all active, so wasmpod cannot tell which one runs this node's \
+         containerd (nothing was changed). They conflict with each other: stop and disable the \
+         one this node is not, or install with --no-restart and restart the right one yourself"
+    )]
+    SeveralActiveUnits { units: Vec<String> },
     #[error("restarting containerd with `{command}` failed: {message}")]
     Restart { command: String, message: String },
     #[error("containerd's CRI at {address}: {message}")]

@@ -39,12 +39,18 @@ Usually run by the Helm chart's DaemonSet (charts/wasmpod) with the host's root 
 
 Where the config lives (detected under --host-root):
   kind, kubeadm, EKS, AKS  /etc/containerd/config.toml (version 2 = containerd 1.6/1.7,
-                           version 3 = containerd 2.x; created if missing)
-  k3s                      /var/lib/rancher/k3s/agent/etc/containerd/config[-v3].toml.tmpl,
-                           built on {{ template \"base\" . }}; refuses to collide with k3s's own
-                           auto-detected `wasmtime` handler
-  RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl
-  k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in)
+                           version 3 = containerd 2.x, version 4 = `containerd config
+                           default` of 2.3+; created if missing)
+  k3s                      .../config-v3.toml.d/wasmpod.toml where k3s's config imports that
+                           directory, else /var/lib/rancher/k3s/agent/etc/containerd/config[-v3].toml.tmpl,
+                           built on {{ template \"base\" . }}; refuses k3s's own `wasmtime`
+                           handler (io.containerd.wasmtime.v2 runs containerd-shim-wasmtime-v2,
+                           never wasmpod's shim)
+  RKE2                     /var/lib/rancher/rke2/agent/etc/containerd/config[-v3].toml.tmpl;
+                           restarts whichever of rke2-server/rke2-agent is active
+  k0s                      /etc/k0s/containerd.d/wasmpod.toml (a drop-in, version 2 or 3 as
+                           /var/lib/k0s/bin/containerd --version says); k0s reloads
+                           containerd itself, nothing is restarted
   MicroK8s                 /var/snap/microk8s/current/args/containerd-template.toml
 kind: load the image (kind load docker-image) and pin the node image (config version 2 or 3).
 k3s: delete k3s' own `wasmtime` RuntimeClass (or --disable=runtimes) before the chart.
@@ -131,7 +137,8 @@ struct NodeArgs {
     /// Host path of containerd's config, instead of detecting the distribution.
     #[arg(long, env = "WASMPOD_CONTAINERD_CONFIG")]
     containerd_config: Option<PathBuf>,
-    /// Config version to write where no file says (2: containerd 1.x, 3: containerd 2.x)
+    /// Config version to write where no file says (2: containerd 1.x, 3: containerd 2.x,
+    /// 4: containerd 2.3 and later, which read 3 too)
     /// [default: ask containerd].
     #[arg(long, value_enum)]
     config_version: Option<Version>,
@@ -175,6 +182,8 @@ enum Version {
     V2,
     #[value(name = "3")]
     V3,
+    #[value(name = "4")]
+    V4,
 }
 
 impl NodeArgs {
@@ -211,6 +220,7 @@ impl NodeArgs {
             config_version: self.config_version.map(|v| match v {
                 Version::V2 => ConfigVersion::V2,
                 Version::V3 => ConfigVersion::V3,
+                Version::V4 => ConfigVersion::V4,
             }),
             socket: self.containerd_address.clone(),
             handlers: self.handlers.clone(),

@@ -13,6 +13,12 @@ use crate::{Error, Result};
 /// Restarts a systemd unit on the host.
 pub trait Restarter: Send + Sync {
     fn restart(&self, unit: &str) -> Result<()>;
+
+    /// Whether `unit` runs now: `None` when this restarter cannot tell (a
+    /// `--restart-command` that does not go through systemd).
+    fn is_active(&self, _unit: &str) -> Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
 /// `systemctl restart UNIT` on the host (see [`host_command`]). The field is the PID of a
@@ -103,6 +109,25 @@ impl Restarter for HostSystemd {
         info!(command = %described, "restarting");
         run(cmd, described)
     }
+
+    fn is_active(&self, unit: &str) -> Result<Option<bool>> {
+        let (mut cmd, enter) = host_command(self.0, "systemctl")?;
+        cmd.args(["is-active", unit]);
+        let described = format!("{}systemctl is-active {unit}", in_host(self.0, enter));
+        let out = cmd.output().map_err(|e| Error::Restart {
+            command: described.clone(),
+            message: e.to_string(),
+        })?;
+        // is-active exits non-zero for every state but "active", so the state it prints is
+        // what counts; a unit still starting or reloading is the one that runs containerd.
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(Some(unit_runs(&state)))
+    }
+}
+
+/// Whether a state printed by `systemctl is-active` means the unit runs.
+pub fn unit_runs(state: &str) -> bool {
+    matches!(state, "active" | "activating" | "reloading")
 }
 
 /// Runs a command of the user's (`--restart-command`, through the host's `sh -c`, in the
@@ -138,21 +163,47 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
     }
+
+    #[test]
+    fn running_states() {
+        for s in ["active", "activating", "reloading"] {
+            assert!(unit_runs(s), "{s}");
+        }
+        for s in ["inactive", "failed", "unknown", "deactivating", ""] {
+            assert!(!unit_runs(s), "{s}");
+        }
+    }
 }
 
-/// A test double that records the units it was asked to restart.
+/// A test double that records the units it was asked to restart, and answers which units
+/// are active as told (by default it cannot tell, like a `--restart-command`).
 #[derive(Default)]
-pub struct Recorder(pub Mutex<Vec<String>>);
+pub struct Recorder {
+    calls: Mutex<Vec<String>>,
+    active: Option<Vec<String>>,
+}
 
 impl Restarter for Recorder {
     fn restart(&self, unit: &str) -> Result<()> {
-        self.0.lock().unwrap().push(unit.to_string());
+        self.calls.lock().unwrap().push(unit.to_string());
         Ok(())
+    }
+
+    fn is_active(&self, unit: &str) -> Result<Option<bool>> {
+        Ok(self.active.as_ref().map(|a| a.iter().any(|u| u == unit)))
     }
 }
 
 impl Recorder {
+    /// A recorder on a host where exactly `units` are active.
+    pub fn with_active(units: &[&str]) -> Self {
+        Recorder {
+            calls: Mutex::default(),
+            active: Some(units.iter().map(|u| u.to_string()).collect()),
+        }
+    }
+
     pub fn calls(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
+        self.calls.lock().unwrap().clone()
     }
 }

@@ -15,7 +15,10 @@ fn snippet(version: ConfigVersion) -> String {
     };
     let (containerd, file) = match version {
         ConfigVersion::V2 => ("1.6 / 1.7", "/etc/containerd/config.toml (version = 2)"),
-        ConfigVersion::V3 => ("2.x", "/etc/containerd/config.toml (version = 3)"),
+        ConfigVersion::V3 | ConfigVersion::V4 => (
+            "2.x",
+            "/etc/containerd/config.toml (version = 3, or 4 from containerd 2.3)",
+        ),
     };
     let header = format!(
         "# wasmpod runtimes for containerd {containerd}: merge these tables into {file}\n\

@@ -108,7 +108,8 @@ async fn round_trip(
 ) -> String {
     let h = host(fixture);
     let before = h.snapshot();
-    let rec = std::sync::Arc::new(Recorder::default());
+    // Only the unit that runs containerd is active, as on a real node.
+    let rec = std::sync::Arc::new(Recorder::with_active(&[service]));
     let mut inst = h.installer(Box::new(Shared(rec.clone())));
     inst.config_version = version;
     let r = inst.install().await.unwrap();
@@ -172,10 +173,18 @@ fn assert_runtimes(text: &str, version: ConfigVersion, systemd: Option<bool>) {
         );
     }
     let plugin = version.cri_plugin();
-    let got = doc["plugins"][plugin]["containerd"]["runtimes"]["wasmtime"]["options"]
-        .get("SystemdCgroup")
-        .and_then(|v| v.as_bool());
-    assert_eq!(got, systemd, "SystemdCgroup follows runc's\n{text}");
+    for h in HANDLERS {
+        let options = doc["plugins"][plugin]["containerd"]["runtimes"][h].get("options");
+        let got = options
+            .and_then(|o| o.get("SystemdCgroup"))
+            .and_then(|v| v.as_bool());
+        assert_eq!(got, systemd, "{h}: SystemdCgroup follows runc's\n{text}");
+        // No SystemdCgroup: no options table at all, not an empty one (containerd would send
+        // the shim an empty options body).
+        if systemd.is_none() {
+            assert!(options.is_none(), "{h}: an options table\n{text}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -211,6 +220,28 @@ async fn plain_v3() {
     .await;
     assert!(t.contains("# containerd 2.1, trimmed"));
     assert_runtimes(&t, ConfigVersion::V3, Some(false));
+}
+
+/// containerd 2.3's `containerd config default` is version 4, with version 3's CRI plugins.
+#[tokio::test]
+async fn plain_v4_containerd_2_3_default() {
+    let t = round_trip(
+        "plain-v4",
+        "/etc/containerd/config.toml",
+        "containerd",
+        None,
+    )
+    .await;
+    assert!(t.contains("\nversion = 4\n"), "the file's version stays");
+    assert_runtimes(&t, ConfigVersion::V4, Some(true));
+    assert!(
+        t.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]"),
+        "{t}"
+    );
+    assert!(
+        t.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime]"),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -260,26 +291,34 @@ async fn k3s_template_built_on_base() {
     assert_runtimes(&rendered, ConfigVersion::V2, Some(true));
 }
 
+/// k3s registers `wasmtime` as runtime_type io.containerd.wasmtime.v2 with only
+/// options.BinaryName: containerd then starts containerd-shim-wasmtime-v2, so that handler
+/// never runs wasmpod's shim, wherever wasmpod puts it. wasmpod refuses (changing nothing)
+/// and says what containerd would run; without its `wasmtime` handler it installs the other.
 #[tokio::test]
-async fn k3s_own_wasmtime_handler_is_not_collided_with() {
+async fn k3s_own_wasmtime_handler_is_not_collided_with_nor_adopted() {
     let h = host("k3s-wasmtime");
     let before = h.snapshot();
-    let e = h
-        .installer(Box::new(Recorder::default()))
-        .install()
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::K3sHandlerConflict { .. }), "{e}");
-    assert!(
-        e.to_string()
-            .contains("/usr/local/bin/containerd-shim-wasmtime-v1"),
-        "{e}"
-    );
-    assert_eq!(h.snapshot(), before, "refusal changed nothing");
+    for bin_dir in ["/opt/wasmpod/bin", "/usr/bin"] {
+        let mut inst = h.installer(Box::new(Recorder::default()));
+        inst.bin_dir = bin_dir.into();
+        let e = inst.install().await.unwrap_err();
+        assert!(matches!(e, Error::K3sHandlerConflict { .. }), "{e}");
+        let msg = e.to_string();
+        for want in [
+            "/usr/bin/containerd-shim-wasmtime-v1",
+            "io.containerd.wasmtime.v2",
+            "containerd-shim-wasmtime-v2",
+            "nothing was changed",
+            "--handlers wasmtime-isolated",
+        ] {
+            assert!(msg.contains(want), "{want:?} in: {msg}");
+        }
+        assert_eq!(h.snapshot(), before, "refusal changed nothing");
+    }
 
-    // With our shim where k3s found it, wasmpod adopts k3s's `wasmtime` and adds only the other.
     let mut inst = h.installer(Box::new(Recorder::default()));
-    inst.bin_dir = "/usr/local/bin".into();
+    inst.handlers = vec!["wasmtime-isolated".into()];
     let r = inst.install().await.unwrap();
     assert_eq!(r.handlers, vec!["wasmtime-isolated".to_string()]);
     let t = h.read("/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl");
@@ -290,6 +329,52 @@ async fn k3s_own_wasmtime_handler_is_not_collided_with() {
     assert!(!inst.install().await.unwrap().config_changed);
     inst.uninstall().await.unwrap();
     assert_eq!(h.snapshot(), before);
+}
+
+/// A k3s whose config imports config-v3.toml.d/*.toml gets a drop-in of wasmpod's there, and
+/// its templates are left alone: containerd merges the drop-in's tables into k3s's config.
+#[tokio::test]
+async fn k3s_with_drop_in_imports_gets_a_drop_in_not_a_template() {
+    let dropin = "/var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.d/wasmpod.toml";
+    let t = round_trip("k3s-v3-dropin", dropin, "k3s", None).await;
+    assert!(t.starts_with("# Written by wasmpod-installer"), "{t}");
+    assert!(t.contains("\nversion = 3\n"), "{t}");
+    assert!(!t.contains("{{"), "a drop-in is TOML, not a template: {t}");
+    assert_runtimes(&t, ConfigVersion::V3, Some(true));
+    let h = host("k3s-v3-dropin");
+    h.installer(Box::new(Recorder::default()))
+        .install()
+        .await
+        .unwrap();
+    assert!(!h
+        .root()
+        .join("var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl")
+        .exists());
+}
+
+/// An install made into the template before k3s rendered drop-in imports (a k3s upgrade)
+/// stays in the template: nothing moves, nothing restarts.
+#[tokio::test]
+async fn a_k3s_template_install_stays_when_drop_in_imports_appear() {
+    let h = host("k3s-v3-dropin");
+    let config = h
+        .root()
+        .join("var/lib/rancher/k3s/agent/etc/containerd/config.toml");
+    let with_imports = std::fs::read_to_string(&config).unwrap();
+    let imports =
+        "imports = [\"/var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.d/*.toml\"]\n";
+    std::fs::write(&config, with_imports.replace(imports, "")).unwrap();
+    let rec = std::sync::Arc::new(Recorder::with_active(&["k3s"]));
+    let inst = h.installer(Box::new(Shared(rec.clone())));
+    let r = inst.install().await.unwrap();
+    assert!(r.config.ends_with("config-v3.toml.tmpl"), "{r:?}");
+    std::fs::write(&config, &with_imports).unwrap();
+    let r = inst.install().await.unwrap();
+    assert!(
+        r.config.ends_with("config-v3.toml.tmpl") && !r.config_changed,
+        "{r:?}"
+    );
+    assert_eq!(rec.calls(), ["k3s"]);
 }
 
 #[tokio::test]
@@ -311,17 +396,124 @@ async fn rke2_v3_user_template() {
     );
 }
 
+/// RKE2's tarball lays down rke2-server and rke2-agent on every node: only the active one may
+/// be restarted (restarting rke2-server on an agent starts a server there).
 #[tokio::test]
-async fn k0s_drop_in() {
-    let t = round_trip(
-        "k0s",
-        "/etc/k0s/containerd.d/wasmpod.toml",
-        "k0sworker",
-        None,
-    )
-    .await;
-    assert!(t.starts_with("# Written by wasmpod-installer"));
+async fn rke2_restarts_only_the_active_unit() {
+    for active in ["rke2-agent", "rke2-server"] {
+        let h = host("rke2");
+        let rec = std::sync::Arc::new(Recorder::with_active(&[active]));
+        let inst = h.installer(Box::new(Shared(rec.clone())));
+        let r = inst.install().await.unwrap();
+        assert_eq!(r.restarted.as_deref(), Some(active));
+        assert_eq!(rec.calls(), [active]);
+        inst.uninstall().await.unwrap();
+        assert_eq!(rec.calls(), [active, active]);
+    }
+}
+
+#[tokio::test]
+async fn rke2_refuses_when_it_cannot_tell_the_unit() {
+    for (active, server_agent) in [(&[][..], false), (&["rke2-server", "rke2-agent"][..], true)] {
+        let h = host("rke2");
+        let before = h.snapshot();
+        let rec = std::sync::Arc::new(Recorder::with_active(active));
+        let e = h
+            .installer(Box::new(Shared(rec.clone())))
+            .install()
+            .await
+            .unwrap_err();
+        assert_eq!(h.snapshot(), before, "a refusal must change nothing: {e}");
+        assert!(rec.calls().is_empty(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("nothing was changed") && msg.contains("--no-restart"),
+            "{msg}"
+        );
+        match server_agent {
+            false => assert!(matches!(e, Error::NoActiveUnit { .. }), "{e}"),
+            true => assert!(matches!(e, Error::SeveralActiveUnits { .. }), "{e}"),
+        }
+        // --no-restart installs without asking.
+        let mut inst = h.installer(Box::new(Shared(rec.clone())));
+        inst.restart = false;
+        let r = inst.install().await.unwrap();
+        assert!(r.config_changed && r.restarted.is_none(), "{r:?}");
+    }
+}
+
+fn k0s_drop_in_text(h: &Host) -> String {
+    h.read("/etc/k0s/containerd.d/wasmpod.toml")
+}
+
+/// The drop-in's version follows the containerd k0s runs, asked of the binary k0s staged
+/// (version 2 with io.containerd.grpc.v1.cri for containerd 1.7, k0s up to 1.35), and is
+/// rewritten when k0s's containerd changes. k0s reloads containerd when a drop-in changes, so
+/// the installer restarts nothing (restarting k0scontroller takes the control plane down).
+#[tokio::test]
+async fn k0s_drop_in_follows_its_containerd_and_restarts_nothing() {
+    let h = host("k0s");
+    let mut before = h.snapshot();
+    let rec = std::sync::Arc::new(Recorder::with_active(&["k0sworker", "k0scontroller"]));
+    let inst = h.installer(Box::new(Shared(rec.clone())));
+    let r = inst.install().await.unwrap();
+    assert!(r.config_changed && r.restarted.is_none(), "{r:?}");
+    assert_eq!(r.config_version, Some(ConfigVersion::V2));
+    let t = k0s_drop_in_text(&h);
+    assert!(t.starts_with("# Written by wasmpod-installer"), "{t}");
+    assert!(t.contains("\nversion = 2\n"), "{t}");
     assert_runtimes(&t, ConfigVersion::V2, None);
+    assert!(!inst.install().await.unwrap().config_changed);
+
+    // k0s upgraded to 1.36: its containerd is 2.x, the main config still says version 2
+    // until k0s rewrites it. The drop-in must become version 3 with the 2.x plugin names,
+    // or k0s 1.36's preflight refuses it.
+    let containerd2 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/k0s-containerd2/var/lib/k0s/bin/containerd"),
+    )
+    .unwrap();
+    std::fs::write(h.root().join("var/lib/k0s/bin/containerd"), &containerd2).unwrap();
+    before.insert("var/lib/k0s/bin/containerd".into(), containerd2);
+    let r = inst.install().await.unwrap();
+    assert!(r.config_changed && r.restarted.is_none(), "{r:?}");
+    assert_eq!(r.config_version, Some(ConfigVersion::V3));
+    let t = k0s_drop_in_text(&h);
+    assert!(t.contains("\nversion = 3\n"), "{t}");
+    assert!(!t.contains("io.containerd.grpc.v1.cri"), "{t}");
+    assert_runtimes(&t, ConfigVersion::V3, None);
+
+    let u = inst.uninstall().await.unwrap().unwrap();
+    assert!(u.config_changed && u.restarted.is_none(), "{u:?}");
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "uninstall takes out the drop-in and the shims"
+    );
+    assert!(rec.calls().is_empty(), "never restarted: {:?}", rec.calls());
+}
+
+#[tokio::test]
+async fn k0s_with_containerd_2_gets_a_version_3_drop_in() {
+    let h = host("k0s-containerd2");
+    let rec = std::sync::Arc::new(Recorder::with_active(&["k0scontroller"]));
+    let inst = h.installer(Box::new(Shared(rec.clone())));
+    let r = inst.install().await.unwrap();
+    assert_eq!(r.config_version, Some(ConfigVersion::V3));
+    let t = k0s_drop_in_text(&h);
+    assert!(
+        t.contains("\nversion = 3\n") && !t.contains("grpc.v1.cri"),
+        "{t}"
+    );
+    assert_runtimes(&t, ConfigVersion::V3, None);
+    assert!(rec.calls().is_empty());
+    // Without the binary (a k0s that keeps it elsewhere) the main config's version decides.
+    inst.uninstall().await.unwrap();
+    std::fs::remove_file(h.root().join("var/lib/k0s/bin/containerd")).unwrap();
+    assert_eq!(
+        inst.install().await.unwrap().config_version,
+        Some(ConfigVersion::V3)
+    );
 }
 
 #[tokio::test]
@@ -368,13 +560,17 @@ async fn refuses_unparsable_toml() {
 
 #[tokio::test]
 async fn refuses_unknown_versions() {
-    let e = refused("plain-v2", |r| {
-        std::fs::write(r.join("etc/containerd/config.toml"), "version = 4\n").unwrap()
+    let e = refused("plain-v4", |r| {
+        let config = r.join("etc/containerd/config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(config, text.replace("\nversion = 4\n", "\nversion = 5\n")).unwrap()
     })
     .await;
+    let msg = e.to_string();
+    assert!(msg.contains("config version 5 is not supported"), "{msg}");
     assert!(
-        e.to_string().contains("config version 4 is not supported"),
-        "{e}"
+        msg.contains("versions 2 (containerd 1.6/1.7), 3 (containerd 2.x) and 4 (containerd 2.3"),
+        "names the versions it knows: {msg}"
     );
     let e = refused("plain-v2", |r| {
         std::fs::write(r.join("etc/containerd/config.toml"), "[plugins.cri]\n").unwrap()
@@ -617,6 +813,10 @@ impl Restarter for Shared {
     fn restart(&self, unit: &str) -> wasmpod_installer::Result<()> {
         self.0.restart(unit)
     }
+
+    fn is_active(&self, unit: &str) -> wasmpod_installer::Result<Option<bool>> {
+        self.0.is_active(unit)
+    }
 }
 
 /// A handler check that answers as told, as containerd would after the restart.
@@ -663,6 +863,26 @@ async fn a_failed_handler_check_puts_the_previous_config_back_and_restarts_again
     // ... and uninstall still restores the original byte for byte.
     inst.uninstall().await.unwrap();
     assert_eq!(h.read(config), before);
+}
+
+/// On k0s nothing is restarted; a drop-in whose handlers k0s's reload did not bring up is
+/// taken back (k0s reloads again on that).
+#[tokio::test]
+async fn a_failed_handler_check_on_k0s_takes_the_drop_in_back_without_restarting() {
+    let h = host("k0s-containerd2");
+    let before = h.snapshot();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let mut inst = h.installer(Box::new(Shared(rec.clone())));
+    inst.verifier = Some(Box::new(Check(false)));
+    let e = inst.install().await.unwrap_err();
+    assert!(matches!(e, Error::HandlerMissing { .. }), "{e}");
+    assert!(!h.root().join("etc/k0s/containerd.d/wasmpod.toml").exists());
+    assert!(rec.calls().is_empty(), "{:?}", rec.calls());
+    inst.verifier = Some(Box::new(Check(true)));
+    assert!(inst.install().await.unwrap().config_changed);
+    inst.uninstall().await.unwrap();
+    assert_eq!(h.snapshot(), before);
+    assert!(rec.calls().is_empty(), "{:?}", rec.calls());
 }
 
 #[tokio::test]
@@ -896,6 +1116,33 @@ async fn a_foreign_handler_in_k0s_config_is_refused() {
     .await;
     assert!(matches!(e, Error::HandlerTaken { .. }), "{e}");
     assert!(e.to_string().contains("/etc/k0s/containerd.toml"), "{e}");
+}
+
+/// k0s applies its drop-ins only while containerd.toml is k0s's (its `# k0s_managed=true`
+/// line); a config the user took over gets a clear refusal unless it imports the drop-ins.
+#[tokio::test]
+async fn a_k0s_config_the_user_manages_is_refused_unless_it_imports_the_drop_ins() {
+    let users = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+    let e = refused("k0s", |r| {
+        std::fs::write(r.join("etc/k0s/containerd.toml"), users).unwrap()
+    })
+    .await;
+    assert!(matches!(e, Error::UnsupportedTemplate { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("# k0s_managed=true") && msg.contains("/etc/k0s/containerd.d/*.toml"),
+        "{msg}"
+    );
+    let h = host("k0s");
+    std::fs::write(
+        h.root().join("etc/k0s/containerd.toml"),
+        format!("imports = [\"/etc/k0s/containerd.d/*.toml\"]\n{users}"),
+    )
+    .unwrap();
+    h.installer(Box::new(Recorder::default()))
+        .install()
+        .await
+        .unwrap();
 }
 
 /// Holds the installer's lock the way another installer run would (flock on the lock file).

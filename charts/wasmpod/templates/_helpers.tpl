@@ -52,3 +52,15 @@ app.kubernetes.io/component: installer
 {{- if .Values.runtimeClasses.isolated.enabled }}{{ $h = append $h "wasmtime-isolated" }}{{ end }}
 {{- join "," $h }}
 {{- end }}
+
+{{/* "true" when the cluster already has a RuntimeClass of this name that this release does not
+own (k3s's bundled `wasmtime`); "" otherwise, and always when rendering offline (`helm
+template`, where lookup finds nothing). Argument: (list $ name). */}}
+{{- define "wasmpod.foreignRuntimeClass" -}}
+{{- $root := index . 0 }}
+{{- $found := lookup "node.k8s.io/v1" "RuntimeClass" "" (index . 1) }}
+{{- if $found }}
+{{- $ann := default (dict) $found.metadata.annotations }}
+{{- if not (and (eq (index $ann "meta.helm.sh/release-name" | default "") $root.Release.Name) (eq (index $ann "meta.helm.sh/release-namespace" | default "") $root.Release.Namespace)) }}true{{ end }}
+{{- end }}
+{{- end }}
