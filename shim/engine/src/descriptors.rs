@@ -50,14 +50,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
         |mut caller: Caller<'_, ModuleState>,
          (fd, dirflags, path, len, oflags, base, inheriting, fdflags, out): PathOpenArgs| {
             Box::new(async move {
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let memory = memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let mut bytes = wiggle::GuestMemory::Unshared(bytes);
-                // What the guest may make the host allocate in this call, as wasmtime-wasi's
-                // own linker functions set it.
-                state.wasi.set_hostcall_fuel(fuel);
-                cap(state, Cap::Limit);
+                let (mut bytes, state) = limited(&mut caller)?;
                 let result = p1::path_open(
                     &mut state.wasi,
                     &mut bytes,
@@ -82,14 +75,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
         "sock_accept",
         |mut caller: Caller<'_, ModuleState>, (fd, flags, out): SockAcceptArgs| {
             Box::new(async move {
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let memory = memory(&mut caller)?;
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                let mut bytes = wiggle::GuestMemory::Unshared(bytes);
-                // What the guest may make the host allocate in this call, as wasmtime-wasi's
-                // own linker functions set it.
-                state.wasi.set_hostcall_fuel(fuel);
-                cap(state, Cap::Limit);
+                let (mut bytes, state) = limited(&mut caller)?;
                 let result = p1::sock_accept(&mut state.wasi, &mut bytes, fd, flags, out);
                 cap(state, Cap::Capacity);
                 emfile_if_full(result)
@@ -100,12 +86,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ModuleState>) -> wasmtime::Resul
     Ok(())
 }
 
-/// The guest's memory, where the call's arguments and results are (as wasmtime-wasi finds it).
-fn memory(caller: &mut Caller<'_, ModuleState>) -> wasmtime::Result<wasmtime::Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Ok(m),
-        _ => Err(wasmtime::format_err!("missing required memory export")),
-    }
+/// The guest's memory and state for a descriptor-making call, set up as wasmtime-wasi's own
+/// linker functions do (memory export, hostcall fuel), with the table capped at the limit.
+fn limited<'a>(
+    caller: &'a mut Caller<'_, ModuleState>,
+) -> wasmtime::Result<(wiggle::GuestMemory<'a>, &'a mut ModuleState)> {
+    // What the guest may make the host allocate in this call.
+    let fuel = caller.as_context_mut().hostcall_fuel();
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmtime::format_err!("missing required memory export"));
+    };
+    let (bytes, state) = memory.data_and_store_mut(caller);
+    state.wasi.set_hostcall_fuel(fuel);
+    cap(state, Cap::Limit);
+    Ok((wiggle::GuestMemory::Unshared(bytes), state))
 }
 
 enum Cap {
