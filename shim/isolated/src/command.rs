@@ -1,6 +1,6 @@
 //! What a container's command is: a WebAssembly module or a native executable. Decided once in
 //! the shim against the container's root filesystem, so a command that is neither fails
-//! CreateContainer with a message, and the container process only follows the decision.
+//! StartContainer with a message, and the container process only follows the decision.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -22,33 +22,7 @@ pub enum Kind {
 /// The PATH a container gets when its environment has none, as runc's.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub fn args(spec: &Spec) -> &[String] {
-    spec.process()
-        .as_ref()
-        .and_then(|p| p.args().as_deref())
-        .unwrap_or_default()
-}
-
-pub fn env(spec: &Spec) -> Vec<(String, String)> {
-    spec.process()
-        .as_ref()
-        .and_then(|p| p.env().as_ref())
-        .into_iter()
-        .flatten()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv.clone(), String::new()),
-        })
-        .collect()
-}
-
-pub fn cwd(spec: &Spec) -> PathBuf {
-    spec.process()
-        .as_ref()
-        .map(|p| p.cwd().clone())
-        .filter(|c| c.is_absolute())
-        .unwrap_or_else(|| PathBuf::from("/"))
-}
+pub use wasmpod_oci::spec::{args, cwd, env, open_files};
 
 /// The file a container's command names and what it is.
 #[derive(Debug)]
@@ -147,17 +121,6 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, S
         let (f, size) = wasmpod_oci::open_regular(root, c).ok()?;
         Some((file.to_string(), f, size, i < last))
     }))
-}
-
-/// The container's descriptor limit (`RLIMIT_NOFILE`, soft), when its spec sets one.
-pub fn open_files(spec: &Spec) -> Option<u64> {
-    spec.process()
-        .as_ref()?
-        .rlimits()
-        .as_ref()?
-        .iter()
-        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile)
-        .map(|r| r.soft())
 }
 
 #[cfg(test)]

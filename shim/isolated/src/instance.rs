@@ -25,9 +25,6 @@ use crate::oom;
 /// directory `/run/containerd/wasmtime-isolated`.
 pub const RUNTIME_NAME: &str = "wasmtime-isolated";
 
-/// The annotation CRI puts the container's image name in.
-const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
-
 /// The status reported when the process's end could not be observed (as a SIGKILL).
 const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
 
@@ -178,12 +175,9 @@ async fn artifact_module(
     cfg: &InstanceConfig,
 ) -> Result<(String, Vec<u8>), Error> {
     let containerd = Containerd::new(Path::new(&cfg.containerd_address), &cfg.namespace);
-    let annotated = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(CRI_IMAGE_NAME))
-        .cloned();
-    let image = containerd.image_name(id, annotated).await;
+    let image = containerd
+        .image_name(id, wasmpod_oci::spec::image_name(spec))
+        .await;
     let command = command::args(spec).first().cloned().unwrap_or_default();
     let missing = format!("the command {command} does not exist in the image");
     match containerd
@@ -199,15 +193,7 @@ async fn artifact_module(
 /// How large a module this container may have: the shim holds it (and its compiled code)
 /// on the container's behalf.
 fn module_bound(spec: &Spec) -> SizeBound {
-    let limit = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| l as u64);
-    SizeBound::for_module(limit)
+    SizeBound::for_module(wasmpod_oci::spec::memory_limit(spec))
 }
 
 /// youki's systemd cgroup driver creates the container's scope over D-Bus, which many nodes

@@ -1,6 +1,6 @@
 //! What both wasmpod hosts read from a container's bundle and image, in one version so the
-//! two cannot drift: today, files the image names (the command, the module), and the
-//! systemd form of the cgroups path ([`cgroup`]).
+//! two cannot drift: files the image names (the command, the module), the spec's process,
+//! image and memory limit ([`spec`]), and the systemd form of the cgroups path ([`cgroup`]).
 //!
 //! Images are untrusted and the shims run as root in the node's mount namespace, where the
 //! container's root is only a directory. A path the image gives is therefore resolved here
@@ -10,6 +10,7 @@
 //! device such as `/dev/zero` never ends) and is bounded in size before it is read.
 
 pub mod cgroup;
+pub mod spec;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

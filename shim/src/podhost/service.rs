@@ -394,7 +394,7 @@ impl Service {
     /// (CNI's `/var/run/netns/cni-…`); app containers get `/proc/<sandbox pid>/ns/net` from
     /// containerd, and the sandbox "process" is this shim, in the host's namespace. So app
     /// containers use the namespace their sandbox named.
-    fn netns(&self, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    fn netns(&self, spec: &spec::Spec) -> Option<PathBuf> {
         let named = spec::netns(spec);
         let mut pod = self
             .inner
@@ -415,7 +415,7 @@ impl Service {
 
     /// Joins the cgroup the spec names. Failing to is the pod's failure: a pod running outside
     /// its cgroup would escape the limits and accounting the kubelet set for it.
-    fn join_cgroup(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    fn join_cgroup(&self, spec: &spec::Spec) -> Result<()> {
         let mut slot = self.inner.cgroup.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_some() {
             return Ok(());
@@ -443,7 +443,7 @@ impl Service {
     async fn prepare(
         &self,
         id: &str,
-        spec: &oci_spec::runtime::Spec,
+        spec: &spec::Spec,
         rootfs: &Path,
         req: &CreateTaskRequest,
     ) -> Result<Prepared> {
@@ -459,9 +459,9 @@ impl Service {
         let env = spec::env(spec);
         let http = spec::http_config(&env).map_err(Error::InvalidArgument)?;
         let ctx = GuestContext {
-            args: spec::args(spec),
+            args: spec::args(spec).to_vec(),
             env,
-            cwd: spec::cwd(spec),
+            cwd: Some(spec::cwd(spec).to_string_lossy().into_owned()),
             stdin: open_stdin(&req.stdin)?,
             stdout: open_output(&req.stdout)?,
             stderr: open_output(&req.stderr)?,
@@ -479,12 +479,12 @@ impl Service {
     async fn module(
         &self,
         id: &str,
-        spec: &oci_spec::runtime::Spec,
+        spec: &spec::Spec,
         rootfs: &Path,
     ) -> Result<(String, Vec<u8>)> {
         // The shim holds the module (and its compiled code) for the container, in the pod's
         // cgroup: it may not be larger than the container may use.
-        let bound = SizeBound::for_module(spec::limits(spec).memory);
+        let bound = SizeBound::for_module(wasmpod_oci::spec::memory_limit(spec));
         let missing = match spec::module_path(spec) {
             Ok((name, path)) => match wasmpod_oci::read_regular(rootfs, &path, &bound) {
                 Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => {
@@ -512,7 +512,7 @@ impl Service {
             Err(e) => e.to_string(),
         };
         let image = self.image_name(id, spec).await;
-        let command = spec::args(spec).into_iter().next().unwrap_or_default();
+        let command = spec::args(spec).first().cloned().unwrap_or_default();
         match self
             .inner
             .containerd
@@ -525,7 +525,7 @@ impl Service {
         }
     }
 
-    async fn image_name(&self, id: &str, spec: &oci_spec::runtime::Spec) -> String {
+    async fn image_name(&self, id: &str, spec: &spec::Spec) -> String {
         let annotated = spec::image_name(spec);
         self.inner.containerd.image_name(id, annotated).await
     }

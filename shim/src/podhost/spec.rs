@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
 
 use crate::error::Error;
 use wasmpod_engine::{HttpConfig, Identity, Limits, Preopen};
@@ -14,28 +14,28 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The annotation CRI uses to group a pod's containers into one shim.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
-/// The annotation CRI sets to the image a container was created from.
-pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
-
 /// Mount types that describe kernel filesystems rather than data a guest can read.
 const KERNEL_MOUNTS: &[&str] = &[
     "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm",
 ];
 
+/// What both hosts read alike (`wasmpod_oci::spec`).
+pub use wasmpod_oci::spec::{args, cwd, env, image_name, open_files, Spec};
+
 pub fn load(bundle: &Path) -> Result<Spec, Error> {
-    let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| {
-        Error::InvalidArgument(format!("cannot read OCI spec {}: {e}", path.display()))
-    })
+    wasmpod_oci::spec::load(bundle).map_err(|e| Error::InvalidArgument(error_chain(&e)))
 }
 
-/// The image a CRI container was created from.
-pub fn image_name(spec: &Spec) -> Option<String> {
-    spec.annotations()
-        .as_ref()?
-        .get(IMAGE_NAME)
-        .filter(|n| !n.is_empty())
-        .cloned()
+/// An error and its causes in one line, for the message containerd shows.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 pub fn is_sandbox(spec: &Spec) -> bool {
@@ -64,33 +64,6 @@ pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
     } else {
         bundle.join(path)
     }
-}
-
-pub fn args(spec: &Spec) -> Vec<String> {
-    spec.process()
-        .as_ref()
-        .and_then(|p| p.args().clone())
-        .unwrap_or_default()
-}
-
-pub fn env(spec: &Spec) -> Vec<(String, String)> {
-    spec.process()
-        .as_ref()
-        .and_then(|p| p.env().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv, String::new()),
-        })
-        .collect()
-}
-
-pub fn cwd(spec: &Spec) -> Option<String> {
-    spec.process()
-        .as_ref()
-        .map(|p| p.cwd().to_string_lossy().into_owned())
-        .filter(|c| !c.is_empty())
 }
 
 pub use wasmpod_engine::{HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
@@ -146,14 +119,12 @@ pub fn netns(spec: &Spec) -> Option<PathBuf> {
 /// taken from the working directory, as an exec would), and the name for messages. Where it
 /// is in the rootfs is for `wasmpod_oci` to say: the image's links must resolve inside it.
 pub fn module_path(spec: &Spec) -> Result<(String, PathBuf), Error> {
-    let args = args(spec);
-    let Some(arg0) = args.first().filter(|a| !a.is_empty()) else {
+    let Some(arg0) = args(spec).first().filter(|a| !a.is_empty()) else {
         return Err(Error::InvalidArgument(
             "no command: process.args is empty, so there is no module to run".into(),
         ));
     };
-    let in_root = Path::new(&cwd(spec).unwrap_or_else(|| "/".into())).join(arg0);
-    Ok((arg0.clone(), in_root))
+    Ok((arg0.clone(), cwd(spec).join(arg0)))
 }
 
 /// The directories the guest sees: the rootfs at `/` (read-only unless the spec explicitly
@@ -217,17 +188,6 @@ pub fn identity(spec: &Spec) -> Result<Option<Identity>, String> {
         }
     }
     Ok((!identity.is_root()).then_some(identity))
-}
-
-/// The container's descriptor limit (`RLIMIT_NOFILE`, soft), when its spec sets one.
-pub fn open_files(spec: &Spec) -> Option<u64> {
-    spec.process()
-        .as_ref()?
-        .rlimits()
-        .as_ref()?
-        .iter()
-        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile)
-        .map(|r| r.soft())
 }
 
 #[cfg(test)]
@@ -352,17 +312,5 @@ mod tests {
         }
         let c = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "86400")])).unwrap();
         assert_eq!(c.request_timeout.as_secs(), 86400);
-    }
-
-    #[test]
-    fn env_splits_on_first_equals() {
-        let s = spec(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": ["x"], "env": ["A=1=2", "B"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
-        }));
-        assert_eq!(
-            env(&s),
-            vec![("A".into(), "1=2".into()), ("B".into(), String::new())]
-        );
     }
 }

@@ -1,0 +1,141 @@
+//! What both hosts read the same way from a container's OCI runtime spec (the bundle's
+//! `config.json`): the process (command, environment, working directory, descriptor limit),
+//! the image it came from, its memory limit. On one oci-spec version, so that the two hosts
+//! cannot read a field differently.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::PosixRlimitType;
+pub use oci_spec::runtime::Spec;
+
+/// The annotation CRI sets to the image a container was created from.
+pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read OCI spec {}", path.display())]
+pub struct SpecError {
+    path: PathBuf,
+    #[source]
+    source: oci_spec::OciSpecError,
+}
+
+/// The bundle's `config.json`.
+pub fn load(bundle: &Path) -> Result<Spec, SpecError> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|source| SpecError { path, source })
+}
+
+/// `process.args`: the command and its arguments.
+pub fn args(spec: &Spec) -> &[String] {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.args().as_deref())
+        .unwrap_or_default()
+}
+
+/// `process.env` as pairs, split at the first `=` (a bare name has an empty value).
+pub fn env(spec: &Spec) -> Vec<(String, String)> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.env().as_ref())
+        .into_iter()
+        .flatten()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect()
+}
+
+/// `process.cwd`; `/` where the spec gives none or a relative one (the runtime spec requires
+/// an absolute path, and runc starts in `/` without one).
+pub fn cwd(spec: &Spec) -> PathBuf {
+    spec.process()
+        .as_ref()
+        .map(|p| p.cwd().clone())
+        .filter(|c| c.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The container's descriptor limit (`RLIMIT_NOFILE`, soft), when its spec sets one.
+pub fn open_files(spec: &Spec) -> Option<u64> {
+    spec.process()
+        .as_ref()?
+        .rlimits()
+        .as_ref()?
+        .iter()
+        .find(|r| r.typ() == PosixRlimitType::RlimitNofile)
+        .map(|r| r.soft())
+}
+
+/// The image a CRI container was created from, as CRI annotated it.
+pub fn image_name(spec: &Spec) -> Option<String> {
+    spec.annotations()
+        .as_ref()?
+        .get(IMAGE_NAME)
+        .filter(|n| !n.is_empty())
+        .cloned()
+}
+
+/// `linux.resources.memory.limit` in bytes; zero or negative means none, as in cgroups.
+pub fn memory_limit(spec: &Spec) -> Option<u64> {
+    spec.linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()
+        .filter(|l| *l > 0)
+        .map(|l| l as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_process_as_the_spec_gives_it() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2",
+                "process": {"args": ["/app.wasm", "x"], "env": ["A=1=2", "B"], "cwd": "/srv",
+                            "user": {"uid": 0, "gid": 0},
+                            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1024}]},
+                "annotations": {"io.kubernetes.cri.image-name": "registry/app:1"},
+                "linux": {"resources": {"memory": {"limit": 33554432}}}}"#,
+        );
+        assert_eq!(args(&s), ["/app.wasm", "x"]);
+        assert_eq!(
+            env(&s),
+            vec![("A".into(), "1=2".into()), ("B".into(), String::new())]
+        );
+        assert_eq!(cwd(&s), Path::new("/srv"));
+        assert_eq!(open_files(&s), Some(512));
+        assert_eq!(image_name(&s).as_deref(), Some("registry/app:1"));
+        assert_eq!(memory_limit(&s), Some(32 << 20));
+    }
+
+    #[test]
+    fn what_the_spec_leaves_out() {
+        let s =
+            spec(r#"{"ociVersion": "1.0.2", "linux": {"resources": {"memory": {"limit": -1}}}}"#);
+        assert!(args(&s).is_empty());
+        assert!(env(&s).is_empty());
+        assert_eq!(cwd(&s), Path::new("/"));
+        assert_eq!(open_files(&s), None);
+        assert_eq!(image_name(&s), None);
+        assert_eq!(memory_limit(&s), None);
+    }
+
+    #[test]
+    fn a_bundle_without_a_spec_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("config.json"), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+    }
+}
