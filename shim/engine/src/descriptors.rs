@@ -26,17 +26,15 @@ const EMFILE: i32 = 33;
 type PathOpenArgs = (i32, i32, i32, i32, i32, i64, i64, i32, i32);
 type SockAcceptArgs = (i32, i32, i32);
 
-/// A guest's descriptor limit, in resource table entries.
+/// A guest's descriptor limit, in resource table entries (the container's limit); outside
+/// the wrapped calls the table's cap is this and the slack (`crate::table_capacity`).
 pub(crate) struct Descriptors {
-    /// Entries the guest's descriptors may take (the container's limit).
     limit: usize,
-    /// The table's cap outside the wrapped calls: the limit and the slack.
-    capacity: usize,
 }
 
 impl Descriptors {
-    pub(crate) fn new(limit: usize, capacity: usize) -> Self {
-        Descriptors { limit, capacity }
+    pub(crate) fn new(limit: usize) -> Self {
+        Descriptors { limit }
     }
 }
 
@@ -110,7 +108,7 @@ enum Cap {
 fn cap(state: &mut ModuleState, cap: Cap) {
     let max = match cap {
         Cap::Limit => state.descriptors.limit,
-        Cap::Capacity => state.descriptors.capacity,
+        Cap::Capacity => crate::table_capacity(state.descriptors.limit),
     };
     state.wasi.ctx().table.set_max_capacity(max);
 }

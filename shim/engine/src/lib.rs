@@ -117,6 +117,11 @@ fn descriptor_limit(open_files: Option<u64>) -> usize {
         .min(usize::MAX - TABLE_SLACK)
 }
 
+/// A guest's resource table cap: its descriptor limit and the slack.
+fn table_capacity(limit: usize) -> usize {
+    limit + TABLE_SLACK
+}
+
 /// How a guest ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
@@ -390,12 +395,11 @@ impl Engine {
         match program {
             Program::Module(module) => {
                 let mut wasi = builder.build_p1();
-                let capacity = files + TABLE_SLACK;
-                wasi.ctx().table.set_max_capacity(capacity);
+                wasi.ctx().table.set_max_capacity(table_capacity(files));
                 let state = ModuleState {
                     wasi,
                     limiter: meter::Limiter::new(meter.clone()),
-                    descriptors: descriptors::Descriptors::new(files, capacity),
+                    descriptors: descriptors::Descriptors::new(files),
                 };
                 let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
                 let instance = self.modules.instantiate_async(&mut store, module).await?;
@@ -405,7 +409,7 @@ impl Engine {
             }
             Program::Component(pre) => {
                 let mut table = ResourceTable::new();
-                table.set_max_capacity(files + TABLE_SLACK);
+                table.set_max_capacity(table_capacity(files));
                 let state = ComponentState {
                     wasi: builder.build(),
                     http: WasiHttpCtx::new(),

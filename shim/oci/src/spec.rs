@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::PosixRlimitType;
 pub use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, PosixRlimitType};
 
 /// The annotation CRI sets to the image a container was created from.
 pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
@@ -79,11 +79,13 @@ pub fn image_name(spec: &Spec) -> Option<String> {
 
 /// `linux.resources.memory.limit` in bytes; zero or negative means none, as in cgroups.
 pub fn memory_limit(spec: &Spec) -> Option<u64> {
-    spec.linux()
-        .as_ref()?
-        .resources()
-        .as_ref()?
-        .memory()
+    resources_memory_limit(spec.linux().as_ref()?.resources().as_ref()?)
+}
+
+/// The memory limit of a resources block (the spec's, or an UpdateTask's), as
+/// [`memory_limit`].
+pub fn resources_memory_limit(r: &LinuxResources) -> Option<u64> {
+    r.memory()
         .as_ref()?
         .limit()
         .filter(|l| *l > 0)

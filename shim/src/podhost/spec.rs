@@ -84,12 +84,7 @@ pub fn limits(spec: &Spec) -> Limits {
 
 /// Limits from a resources block; zero or negative values mean "no limit", as in cgroups.
 pub fn resource_limits(r: &LinuxResources) -> Limits {
-    let memory = r
-        .memory()
-        .as_ref()
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| l as u64);
+    let memory = wasmpod_oci::spec::resources_memory_limit(r);
     let cpu = r.cpu().as_ref().and_then(|c| {
         let quota = c.quota().filter(|q| *q > 0)? as u64;
         let period = c.period().filter(|p| *p > 0).unwrap_or(100_000);

@@ -83,7 +83,7 @@ impl Engine {
             let _ = writeln!(f, "wasmpod: serving HTTP on {}", config.address);
         }
         let (alive, alive_rx) = watch::channel(());
-        let table_capacity = crate::descriptor_limit(ctx.open_files) + crate::TABLE_SLACK;
+        let table_capacity = crate::table_capacity(crate::descriptor_limit(ctx.open_files));
         let server = Arc::new(Server {
             table_capacity,
             engine: self.clone(),
