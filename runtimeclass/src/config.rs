@@ -290,6 +290,24 @@ fn table_at<'a>(doc: &'a mut DocumentMut, keys: &[&str], path: &Path) -> Result<
     Ok(table)
 }
 
+/// `parent.key`, made an empty table where it is missing; `what` names it when it is there
+/// but not a [table].
+fn subtable<'a>(
+    parent: &'a mut Table,
+    key: &str,
+    path: &Path,
+    what: &str,
+) -> Result<&'a mut Table> {
+    parent
+        .entry(key)
+        .or_insert_with(|| Item::Table(Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| Error::UnsupportedTemplate {
+            path: path.to_path_buf(),
+            reason: format!("{what} is not a [table]"),
+        })
+}
+
 fn set_if_different(table: &mut Table, key: &str, v: toml_edit::Value) -> bool {
     let same = match (table.get(key).and_then(|i| i.as_value()), &v) {
         (Some(toml_edit::Value::String(a)), toml_edit::Value::String(b)) => a.value() == b.value(),
@@ -317,14 +335,7 @@ pub fn add_runtimes(
     for handler in &settings.handlers {
         let fresh = !runtimes.contains_key(handler);
         changed |= fresh;
-        let rt = runtimes
-            .entry(handler)
-            .or_insert_with(|| Item::Table(Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| Error::UnsupportedTemplate {
-                path: path.to_path_buf(),
-                reason: format!("runtime `{handler}` is not a [table]"),
-            })?;
+        let rt = subtable(runtimes, handler, path, &format!("runtime `{handler}`"))?;
         if fresh {
             rt.decor_mut().set_prefix(format!(
                 "\n# Added by wasmpod-installer: the `{handler}` runtime handler (RuntimeClass \
@@ -342,14 +353,7 @@ pub fn add_runtimes(
         match settings.systemd_cgroup {
             Some(systemd) => {
                 changed |= !rt.contains_key("options");
-                let opts = rt
-                    .entry("options")
-                    .or_insert_with(|| Item::Table(Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| Error::UnsupportedTemplate {
-                        path: path.to_path_buf(),
-                        reason: format!("`{handler}.options` is not a [table]"),
-                    })?;
+                let opts = subtable(rt, "options", path, &format!("`{handler}.options`"))?;
                 changed |= set_if_different(opts, "SystemdCgroup", systemd.into());
             }
             None => {
