@@ -211,6 +211,52 @@ async fn a_request_s_host_resources_are_capped_at_the_descriptor_limit() {
     s.stop().await;
 }
 
+/// What the host holds for a request's instance is charged to the container's memory limit:
+/// header maps by their size, outgoing bodies by their buffer (64 KiB chunks, so a body
+/// nobody drains holds at most two of them). Under 32 MiB, ten 64 KiB header maps and twenty
+/// undrained bodies fit; a thousand of either is that request's out-of-memory (a 500), and the
+/// server serves on. Without the charges a thousand maps would fit the descriptor limit and
+/// hold 70 MiB of the shim's memory.
+#[tokio::test]
+async fn what_the_host_holds_for_a_request_is_charged_to_the_memory_limit() {
+    let limit = Resources {
+        memory_bytes: 32 << 20,
+        ..Default::default()
+    };
+    let s = serve("http-held", &[], Some(limit)).await;
+    let r = get(&s.addr, "/fields/10/64").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "held 10 fields"));
+    let r = get(&s.addr, "/fields/1000/64").await.unwrap();
+    assert_eq!(r.status, 500, "past the limit: {}", r.body);
+    s.pod
+        .wait_log(
+            "server",
+            "memory limit does not leave room",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let r = get(&s.addr, "/bodies/20").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bytes: usize = r
+        .body
+        .strip_prefix("held 20 bodies of ")
+        .and_then(|b| b.strip_suffix(" bytes"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply: {}", r.body));
+    assert!(
+        (1..=20 * (128 << 10)).contains(&bytes),
+        "an undrained body holds at most two 64 KiB chunks: {bytes} bytes in 20"
+    );
+    let r = get(&s.addr, "/bodies/1000").await.unwrap();
+    assert_eq!(r.status, 500, "past the limit: {}", r.body);
+
+    let r = get(&s.addr, "/").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, HELLO), "and serves on");
+    s.stop().await;
+}
+
 /// The CPU limit holds for all the requests together, not per request.
 #[tokio::test]
 async fn the_cpu_limit_bounds_all_requests_together() {

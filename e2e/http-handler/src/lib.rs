@@ -11,7 +11,8 @@
 //! | `/sleep/MS` | waits MS milliseconds (a WASI timer), replies `slept MS` |
 //! | `/memory/MIB` | allocates and touches MIB MiB, replies `allocated MIB MiB` |
 //! | `/fetch/HOST:PORT/PATH` | GET http://HOST:PORT/PATH through wasi:http/outgoing-handler, relays status and body |
-//! | `/fields/N` | makes and holds N header maps (`fields`) of 1 KiB each, replies `held N fields` |
+//! | `/fields/N[/KIB]` | makes and holds N header maps (`fields`) of KIB KiB each (default 1), replies `held N fields` |
+//! | `/bodies/N` | makes N responses and writes into each one's body until it would block, holding them all; replies `held N bodies of B bytes` |
 //! | `/trap` | traps before replying |
 //! | `/spin` | spins forever |
 
@@ -77,13 +78,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                 )
             }
             ["fetch", target] => fetch(target),
-            ["fields", n] => {
+            ["fields", rest] => {
+                let (n, kib) = rest.split_once('/').unwrap_or((rest, "1"));
                 let n: usize = n.parse().unwrap_or(0);
+                let kib: usize = kib.parse().unwrap_or(1);
+                // Values of at most 8 KiB each, as a real header map would have them.
                 let value = vec![b'x'; 1024];
                 let held: Vec<Fields> = (0..n)
                     .map(|_| {
                         let f = Fields::new();
-                        let _ = f.append("x-held", &value);
+                        for i in 0..kib {
+                            let _ = f.append(&format!("x-held-{}", i / 8), &value);
+                        }
                         f
                     })
                     .collect();
@@ -91,6 +97,41 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
                     200,
                     vec![],
                     format!("held {} fields", held.len()).into_bytes(),
+                )
+            }
+            ["bodies", n] => {
+                let n: usize = n.parse().unwrap_or(0);
+                let mut bytes = 0;
+                let held: Vec<_> = (0..n)
+                    .map(|_| {
+                        let resp = OutgoingResponse::new(Fields::new());
+                        let body = resp.body().expect("response body");
+                        let stream = body.write().expect("body stream");
+                        let chunk = vec![b'b'; 4096];
+                        // Nobody drains these bodies: write while the host takes more
+                        // (up to 4 MiB each).
+                        let mut written = 0;
+                        while written < 4 << 20 {
+                            match stream.check_write() {
+                                Ok(0) | Err(_) => break,
+                                Ok(room) => {
+                                    let len = (room as usize).min(chunk.len());
+                                    if stream.write(&chunk[..len]).is_err() {
+                                        break;
+                                    }
+                                    written += len;
+                                }
+                            }
+                        }
+                        bytes += written;
+                        // Dropped in this order: a stream before its body.
+                        (stream, body, resp)
+                    })
+                    .collect();
+                (
+                    200,
+                    vec![],
+                    format!("held {} bodies of {bytes} bytes", held.len()).into_bytes(),
                 )
             }
             ["trap"] => panic!("the handler was asked to trap"),

@@ -5,6 +5,7 @@
 
 pub mod cache;
 mod descriptors;
+mod host_memory;
 mod http;
 mod identity;
 mod meter;
@@ -153,8 +154,27 @@ pub struct ModuleState {
 pub struct ComponentState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    hooks: host_memory::Hooks,
     table: ResourceTable,
     limiter: meter::Limiter,
+    charges: host_memory::Charges,
+}
+
+impl ComponentState {
+    /// A component's state, its resource table capped at `table_capacity` entries and what
+    /// it holds charged to `meter`'s limits.
+    fn new(wasi: WasiCtx, table_capacity: usize, meter: Arc<Meter>) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(table_capacity);
+        ComponentState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: host_memory::Hooks,
+            table,
+            limiter: meter::Limiter::new(meter),
+            charges: host_memory::Charges::default(),
+        }
+    }
 }
 
 impl WasiView for ComponentState {
@@ -171,7 +191,7 @@ impl WasiHttpView for ComponentState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -220,6 +240,8 @@ impl Engine {
             .map_err(|e| EngineError::Config(format!("{e:?}")))?;
         // Commands may make outgoing requests too, not only HTTP handlers.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)
+            .map_err(|e| EngineError::Config(format!("{e:?}")))?;
+        host_memory::add_to_linker(&mut components)
             .map_err(|e| EngineError::Config(format!("{e:?}")))?;
 
         let ticker = ticker::Ticker::start(engine.clone(), EPOCH_TICK)
@@ -408,14 +430,8 @@ impl Engine {
                 Ok(0)
             }
             Program::Component(pre) => {
-                let mut table = ResourceTable::new();
-                table.set_max_capacity(table_capacity(files));
-                let state = ComponentState {
-                    wasi: builder.build(),
-                    http: WasiHttpCtx::new(),
-                    table,
-                    limiter: meter::Limiter::new(meter.clone()),
-                };
+                let state =
+                    ComponentState::new(builder.build(), table_capacity(files), meter.clone());
                 let mut store = self.store(state, |s| &mut s.limiter, meter, clock);
                 let command = pre.instantiate_async(&mut store).await?;
                 match command.wasi_cli_run().call_run(&mut store).await? {

@@ -470,6 +470,20 @@ impl Limiter {
         self.charge(bytes)
     }
 
+    /// Charges what the host allocates because the guest asked for it (wasi:http fields, an
+    /// outgoing body's buffer): like the guest's own memory, a denial is its out-of-memory.
+    pub fn grow_host(&mut self, bytes: u64) -> bool {
+        self.grow(bytes)
+    }
+
+    /// Gives back bytes charged by [`Limiter::reserve`] or [`Limiter::grow_host`] once the
+    /// host has freed what they paid for.
+    pub fn release(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.held);
+        self.held -= bytes;
+        self.meter.memory.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// Bytes this limiter holds of the container's limit.
     pub fn held(&self) -> u64 {
         self.held

@@ -26,12 +26,11 @@ use hyper::server::conn::http1;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
-use wasmtime::component::ResourceTable;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+use wasmtime_wasi_http::WasiHttpView;
 
 pub use config::*;
 use conn::{Watch, Watched};
@@ -248,14 +247,11 @@ impl Server {
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
         // The cap bounds what one instance can make the host hold too: its fields, bodies
         // and streams are table entries.
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(self.table_capacity);
-        let state = ComponentState {
-            wasi: self.template.wasi(&label),
-            http: WasiHttpCtx::new(),
-            table,
-            limiter: Limiter::new(self.meter.clone()),
-        };
+        let state = ComponentState::new(
+            self.template.wasi(&label),
+            self.table_capacity,
+            self.meter.clone(),
+        );
         let clock = Arc::new(TaskClock::default());
         let mut store =
             self.engine
