@@ -352,18 +352,22 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]
       runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmpod.dev/*"]
     # The same runtime with the systemd cgroup driver: containerd then gives the shim
     # cgroupsPath as slice:prefix:name, as on nodes whose kubelet uses systemd.
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-systemd]
       runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmpod.dev/*"]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-systemd.options]
         SystemdCgroup = true
     # The isolated host (a process per container), cgroupfs and systemd's form: the latter
     # as kind nodes have it, with no systemd on D-Bus (these machines run none either).
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated]
       runtime_type = "io.containerd.wasmtime-isolated.v1"
+      pod_annotations = ["wasmpod.dev/*"]
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated-systemd]
       runtime_type = "io.containerd.wasmtime-isolated.v1"
+      pod_annotations = ["wasmpod.dev/*"]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime-isolated-systemd.options]
         SystemdCgroup = true
 EOF
@@ -391,18 +395,22 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     runtime_type = "io.containerd.runc.v2"
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime]
     runtime_type = "io.containerd.wasmtime.v1"
+    pod_annotations = ["wasmpod.dev/*"]
   # The same runtime with the systemd cgroup driver: containerd then gives the shim
   # cgroupsPath as slice:prefix:name, as on nodes whose kubelet uses systemd.
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-systemd]
     runtime_type = "io.containerd.wasmtime.v1"
+    pod_annotations = ["wasmpod.dev/*"]
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-systemd.options]
       SystemdCgroup = true
   # The isolated host (a process per container), cgroupfs and systemd's form: the latter
   # as kind nodes have it, with no systemd on D-Bus (these machines run none either).
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated]
     runtime_type = "io.containerd.wasmtime-isolated.v1"
+    pod_annotations = ["wasmpod.dev/*"]
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated-systemd]
     runtime_type = "io.containerd.wasmtime-isolated.v1"
+    pod_annotations = ["wasmpod.dev/*"]
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-isolated-systemd.options]
       SystemdCgroup = true
 EOF

@@ -208,7 +208,20 @@ impl Cri {
     /// RunPodSandbox on the pod network: its own network namespace and an address from the
     /// test bed's CNI bridge, as for an ordinary pod.
     pub async fn run_pod_networked(&mut self, bed: &Bed, name: &str, handler: &str) -> Result<Pod> {
-        self.run_pod_with(bed, name, handler, "", NamespaceMode::Pod)
+        self.run_pod_with(bed, name, handler, "", NamespaceMode::Pod, &[])
+            .await
+    }
+
+    /// RunPodSandbox on the host network with the pod's annotations (`metadata.annotations`,
+    /// which the kubelet passes to CRI as they are).
+    pub async fn run_pod_annotated(
+        &mut self,
+        bed: &Bed,
+        name: &str,
+        handler: &str,
+        annotations: &[(&str, &str)],
+    ) -> Result<Pod> {
+        self.run_pod_with(bed, name, handler, "", NamespaceMode::Node, annotations)
             .await
     }
 
@@ -241,7 +254,7 @@ impl Cri {
         handler: &str,
         cgroup_parent: &str,
     ) -> Result<Pod> {
-        self.run_pod_with(bed, name, handler, cgroup_parent, NamespaceMode::Node)
+        self.run_pod_with(bed, name, handler, cgroup_parent, NamespaceMode::Node, &[])
             .await
     }
 
@@ -252,6 +265,7 @@ impl Cri {
         handler: &str,
         cgroup_parent: &str,
         network: NamespaceMode,
+        annotations: &[(&str, &str)],
     ) -> Result<Pod> {
         let uid = unique(name);
         let log_dir = bed.scratch(&format!("logs-{name}"));
@@ -276,6 +290,10 @@ impl Cri {
                 cgroup_parent: cgroup_parent.to_string(),
                 ..Default::default()
             }),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         };
         let id = self

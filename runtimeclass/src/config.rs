@@ -314,6 +314,12 @@ fn set_if_different(table: &mut Table, key: &str, v: toml_edit::Value) -> bool {
         (Some(toml_edit::Value::Boolean(a)), toml_edit::Value::Boolean(b)) => {
             a.value() == b.value()
         }
+        (Some(toml_edit::Value::Array(a)), toml_edit::Value::Array(b)) => {
+            let strings = |x: &toml_edit::Array| -> Vec<Option<String>> {
+                x.iter().map(|v| v.as_str().map(str::to_string)).collect()
+            };
+            strings(a) == strings(b)
+        }
         _ => false,
     };
     if !same {
@@ -321,6 +327,9 @@ fn set_if_different(table: &mut Table, key: &str, v: toml_edit::Value) -> bool {
     }
     !same
 }
+
+/// The pod annotations containerd passes into the specs of wasmpod's containers.
+pub const POD_ANNOTATIONS: &[&str] = &["wasmpod.dev/*"];
 
 /// Adds (or corrects) wasmpod's runtimes in `doc`. Only the runtime tables are touched.
 /// Returns whether anything changed.
@@ -345,6 +354,10 @@ pub fn add_runtimes(
         let (runtime_type, runtime_path) = settings.runtime(handler);
         changed |= set_if_different(rt, "runtime_type", runtime_type.into());
         changed |= set_if_different(rt, "runtime_path", runtime_path.as_str().into());
+        // The pod annotations the shims read (a pinned module's digest) reach a container's
+        // spec only if containerd passes them through.
+        let annotations: toml_edit::Array = POD_ANNOTATIONS.iter().copied().collect();
+        changed |= set_if_different(rt, "pod_annotations", annotations.into());
         // containerd hands the options table to the shim, which takes its cgroup driver from
         // there. Without a SystemdCgroup to say (runc's options do not: MicroK8s, k0s, a
         // missing config) there is no table at all: an empty one makes containerd send an
@@ -671,6 +684,12 @@ version = 2
         assert!(out.contains(
             "runtime_type = \"io.containerd.wasmtime.v1\"\nruntime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\""
         ), "{out}");
+        // Pinned modules' annotations reach the containers' specs.
+        assert_eq!(
+            out.matches("pod_annotations = [\"wasmpod.dev/*\"]").count(),
+            HANDLERS.len(),
+            "{out}"
+        );
         // idempotent
         let (_, again) = patch_text(&out, Path::new("c.toml"), None, &settings(), &[]).unwrap();
         assert_eq!(again, out);
@@ -714,9 +733,10 @@ version = 2
         let (_, out) = patch_text(text, Path::new("c"), None, &settings(), &[]).unwrap();
         assert!(!out.contains(".options]"), "{out}");
         // one an older install wrote is taken out
+        let ours = "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\npod_annotations = [\"wasmpod.dev/*\"]\n";
         let old = out.replace(
-            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\n",
-            "runtime_path = \"/opt/wasmpod/bin/containerd-shim-wasmtime-v1\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n",
+            ours,
+            &format!("{ours}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n"),
         );
         assert_ne!(old, out);
         let (_, fixed) = patch_text(&old, Path::new("c"), None, &settings(), &[]).unwrap();
@@ -805,7 +825,7 @@ version = 2
         .unwrap();
         let doc = parse(&out, Path::new("c")).unwrap();
         assert!(has_runtimes(&doc, v, &settings()), "{out}");
-        assert!(!out.contains("pod_annotations"), "{out}");
+        assert!(!out.contains("pod_annotations = [\"x\"]"), "{out}");
         assert!(out.contains("Taken over by wasmpod-installer"), "{out}");
         let (back, done) = unpatch_text(&out, Path::new("c"), &settings(), Some(&theirs)).unwrap();
         assert_eq!(done, HANDLERS);

@@ -229,6 +229,9 @@ fn cgroupfs_for_systemd(spec: &Spec, cfg: &InstanceConfig) -> Result<InstanceCon
 /// process only loads the artifact.
 fn precompile(id: &str, spec: &Spec, name: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
+    wasmpod_oci::pin::pins(spec)
+        .and_then(|pins| wasmpod_oci::pin::check(&pins, name, bytes))
+        .map_err(|e| invalid(e.to_string()))?;
     HttpConfig::from_env(&command::env(spec)).map_err(invalid)?;
     let engine = ENGINE.as_ref().map_err(|e| Error::Others(e.clone()))?;
     let (artifact, outcome) = engine

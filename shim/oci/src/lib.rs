@@ -10,6 +10,7 @@
 //! device such as `/dev/zero` never ends) and is bounded in size before it is read.
 
 pub mod cgroup;
+pub mod pin;
 pub mod spec;
 
 use std::fmt;

@@ -448,6 +448,9 @@ impl Service {
         req: &CreateTaskRequest,
     ) -> Result<Prepared> {
         let (name, bytes) = self.module(id, spec, rootfs).await?;
+        wasmpod_oci::pin::pins(spec)
+            .and_then(|pins| wasmpod_oci::pin::check(&pins, &name, &bytes))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         // Compiling takes seconds for a large module: on a thread of its own, so that the task
         // service keeps answering the pod's other calls meanwhile.
         let engine = self.engine()?;

@@ -1,0 +1,107 @@
+//! What operators rely on once Wasm pods run: pinned modules (the pod says which module a
+//! container must run, by its digest), through the CRI on both hosts.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use wasmpod_e2e::*;
+
+const HELLO: &str = "hello from wasmpod";
+
+fn digest_of_hello() -> String {
+    let module =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/hello.wasm");
+    let bytes = std::fs::read(&module).expect("the hello workload is built");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn hello(env: &[(&str, &str)]) -> ContainerSpec {
+    let mut spec = ContainerSpec::wasm("app", "hello.wasm", &[]);
+    spec.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec
+}
+
+/// A pod pins its container's module by the annotation (containerd passes `wasmpod.dev/*`
+/// through, as the installer configures it) or by `WASM_MODULE_HASH`: the right digest runs,
+/// a wrong one is a StartError naming both digests and where the pin came from, and nothing
+/// of the module runs.
+async fn pins_hold(handler: &str) {
+    let (bed, mut cri) = connect().await;
+    let right = digest_of_hello();
+    let wrong = "0".repeat(64);
+    let key = "wasmpod.dev/module-sha256.app";
+
+    for (annotation, env, ok) in [
+        (Some(format!("sha256:{right}")), None, true),
+        (None, Some(right.clone()), true),
+        (Some(format!("sha256:{wrong}")), None, false),
+        (None, Some(format!("sha256:{wrong}")), false),
+    ] {
+        let annotations: Vec<(&str, &str)> = annotation.iter().map(|a| (key, a.as_str())).collect();
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|e| ("WASM_MODULE_HASH", e.as_str()))
+            .collect();
+        let pod = cri
+            .run_pod_annotated(&bed, "pinned", handler, &annotations)
+            .await
+            .expect("RunPodSandbox");
+        let id = cri
+            .create(&pod, hello(&env))
+            .await
+            .expect("CreateContainer");
+        let started = cri.start(&id).await;
+        if ok {
+            started.expect("a module with the pinned digest starts");
+            let st = cri.wait_exited(&id, EXIT_WAIT).await.unwrap();
+            assert_eq!((st.exit_code, pod.log_text("app").as_str()), (0, HELLO));
+        } else {
+            assert!(
+                started.is_err(),
+                "a module that is not the pinned one must not start"
+            );
+            let status = cri.status(&id).await.unwrap();
+            assert_eq!(status.reason, "StartError", "{status:?}");
+            let origin = if annotations.is_empty() {
+                "environment variable WASM_MODULE_HASH".to_string()
+            } else {
+                format!("annotation {key}")
+            };
+            for part in [
+                format!("its digest is sha256:{right}"),
+                format!("the pin is sha256:{wrong}"),
+                origin,
+            ] {
+                assert!(status.message.contains(&part), "{part}: {}", status.message);
+            }
+            assert_eq!(pod.log_text("app"), "", "nothing of the module ran");
+        }
+        cri.remove_pod(&pod).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_module_runs_and_any_other_is_refused() {
+    pins_hold(HANDLER).await;
+}
+
+#[tokio::test]
+async fn a_pinned_module_runs_and_any_other_is_refused_isolated() {
+    pins_hold(ISOLATED).await;
+}
+
+/// A pin that is no digest is a clear error, not ignored.
+#[tokio::test]
+async fn a_malformed_pin_is_a_start_error() {
+    let message = start_error("pin-bad", hello(&[("WASM_MODULE_HASH", "latest")])).await;
+    assert!(
+        message.contains("WASM_MODULE_HASH is \"latest\", not a SHA-256 digest"),
+        "{message}"
+    );
+}
