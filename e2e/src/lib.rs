@@ -342,6 +342,15 @@ impl Cri {
                     readonly: *ro,
                     ..Default::default()
                 })
+                .chain(c.image_mounts.iter().map(|(image, container)| Mount {
+                    container_path: container.clone(),
+                    readonly: true,
+                    image: Some(ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }))
                 .collect(),
             log_path: format!("{}.log", c.name),
             stdin: c.stdin,
@@ -514,6 +523,9 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// (host path, container path, read-only)
     pub mounts: Vec<(PathBuf, String, bool)>,
+    /// Image volumes: (image, container path), mounted read-only as the kubelet asks for a
+    /// pod's `volumes[].image` (containerd 2.1 and later).
+    pub image_mounts: Vec<(String, String)>,
     /// Limits as the kubelet sets them.
     pub resources: Option<Resources>,
     /// `stdin: true`: containerd gives the container a stdin FIFO and holds it open.

@@ -1,5 +1,6 @@
-//! What operators rely on once Wasm pods run: pinned modules (the pod says which module a
-//! container must run, by its digest), through the CRI on both hosts.
+//! What operators rely on once Wasm pods run, through the CRI on both hosts: pinned modules
+//! (the pod says which module a container must run, by its digest) and modules from volumes
+//! and image volumes.
 
 use std::path::Path;
 
@@ -104,4 +105,66 @@ async fn a_malformed_pin_is_a_start_error() {
         message.contains("WASM_MODULE_HASH is \"latest\", not a SHA-256 digest"),
         "{message}"
     );
+}
+
+fn on_volume(image: &str, module: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: "app".into(),
+        image: image.into(),
+        command: vec![module.into()],
+        ..Default::default()
+    }
+}
+
+/// A command that names a module on a volume runs it, looked up in the volume as in the image
+/// (links on it are the container's paths): here from an image with no Wasm at all.
+async fn a_module_on_a_volume_runs(handler: &str) {
+    let (bed, mut cri) = connect().await;
+    let tools = bed.scratch(&format!("tools-{handler}"));
+    std::fs::create_dir_all(tools.join("bin")).unwrap();
+    let module =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/hello.wasm");
+    std::fs::copy(&module, tools.join("bin/hello.wasm")).unwrap();
+    std::os::unix::fs::symlink("/tools/bin/hello.wasm", tools.join("hello.wasm")).unwrap();
+    let pod = cri.run_pod(&bed, "volume", handler).await.unwrap();
+    let mut spec = on_volume(BUSYBOX, "/tools/hello.wasm");
+    spec.mounts = vec![(tools.clone(), "/tools".into(), true)];
+    let id = cri.run(&pod, spec).await.expect("create+start");
+    let st = cri.wait_exited(&id, EXIT_WAIT).await.unwrap();
+    assert_eq!((st.exit_code, pod.log_text("app").as_str()), (0, HELLO));
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_module_on_a_volume_runs_in_a_pod_host() {
+    a_module_on_a_volume_runs(HANDLER).await;
+}
+
+#[tokio::test]
+async fn a_module_on_a_volume_runs_isolated() {
+    a_module_on_a_volume_runs(ISOLATED).await;
+}
+
+/// An image volume (`volumes[].image`, containerd 2.1 on) mounts an image into the pod; a
+/// command inside it runs as from the container's own image.
+#[tokio::test]
+async fn a_module_in_an_image_volume_runs() {
+    let (bed, mut cri) = connect().await;
+    if bed.version.starts_with("1.") {
+        eprintln!("containerd {} has no image volumes (2.1 on)", bed.version);
+        return;
+    }
+    for handler in [HANDLER, ISOLATED] {
+        let pod = cri.run_pod(&bed, "image-volume", handler).await.unwrap();
+        let mut spec = on_volume(BUSYBOX, "/tools/hello.wasm");
+        spec.image_mounts = vec![(WORKLOADS.into(), "/tools".into())];
+        let id = cri.run(&pod, spec).await.expect("create+start");
+        let st = cri.wait_exited(&id, EXIT_WAIT).await.unwrap();
+        assert_eq!(
+            (st.exit_code, pod.log_text("app").as_str()),
+            (0, HELLO),
+            "{handler}"
+        );
+        cri.remove_pod(&pod).await.unwrap();
+    }
 }

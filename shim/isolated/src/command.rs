@@ -29,7 +29,7 @@ pub use wasmpod_oci::spec::{args, cwd, env, open_files};
 pub struct Command {
     /// The command as the spec gives it, for messages.
     pub name: String,
-    /// Its file inside the root it was looked for in, open (see `wasmpod_oci::open_regular`).
+    /// Its file inside the container it was looked for in, open (see `wasmpod_oci::Tree`).
     pub file: File,
     /// The file's size.
     pub size: u64,
@@ -86,6 +86,9 @@ fn sniff(file: &mut File) -> std::io::Result<Option<Kind>> {
 /// (the command, its open file and size, whether it was found as `execvp` finds it), `None`
 /// if it names no file.
 fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, String> {
+    // The container's mounts are not in `root` yet (runc mounts them in the container's
+    // mount namespace); a command on a volume is looked up in the volume's directory.
+    let tree = wasmpod_oci::Tree::of_container(spec, root);
     let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
         return Err(
             "the container has no command (set command or args, or an image \
@@ -97,7 +100,7 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, S
     if file.contains('/') {
         // Named by a path: anything there but a regular file (a FIFO, a device, a
         // directory, a link loop) is an error rather than "no such command".
-        return match wasmpod_oci::open_regular(root, &cwd(spec).join(file)) {
+        return match tree.open_regular(&cwd(spec).join(file)) {
             Ok((f, size)) => Ok(Some((file.to_string(), f, size, true))),
             Err(LookupError::NotFound { .. }) => Ok(None),
             Err(e) => Err(format!("the command {file}: {e}")),
@@ -118,7 +121,7 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, S
     let last = candidates.len() - 1;
     // As execvp, a PATH entry that holds no regular file of that name is passed over.
     Ok(candidates.iter().enumerate().find_map(|(i, c)| {
-        let (f, size) = wasmpod_oci::open_regular(root, c).ok()?;
+        let (f, size) = tree.open_regular(c).ok()?;
         Some((file.to_string(), f, size, i < last))
     }))
 }

@@ -103,11 +103,77 @@ impl SizeBound {
     }
 }
 
+/// A container's files as the node holds them: its root filesystem, and the directories
+/// mounted into it (volumes, image volumes), each at its destination. A path of the container
+/// is looked up the way the kernel would in the container: inside a mount from its
+/// destination on, links included, so a module on a volume runs as it would from the image.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    root: PathBuf,
+    /// (destination in the container, directory on the node), deepest destination first.
+    mounts: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Tree {
+    /// The root filesystem alone.
+    pub fn new(root: &Path) -> Tree {
+        Tree {
+            root: root.to_path_buf(),
+            mounts: Vec::new(),
+        }
+    }
+
+    /// The root filesystem with the directories the spec bind-mounts into it (the sources
+    /// are containerd's and the kubelet's, not the image's).
+    pub fn of_container(spec: &spec::Spec, root: &Path) -> Tree {
+        let mut mounts: Vec<(PathBuf, PathBuf)> = spec::bind_mounts(spec)
+            .into_iter()
+            .filter(|m| m.destination != Path::new("/"))
+            .map(|m| (m.destination, m.source))
+            .collect();
+        mounts.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+        Tree {
+            root: root.to_path_buf(),
+            mounts,
+        }
+    }
+
+    /// Where the resolved container path `in_container` is on the node.
+    fn on_node(&self, in_container: &Path) -> PathBuf {
+        for (destination, source) in &self.mounts {
+            if let Ok(rest) = in_container.strip_prefix(destination) {
+                return source.join(rest);
+            }
+        }
+        on_node(&self.root, in_container)
+    }
+
+    /// `path` (as the container sees it) on the node, see [`within`].
+    pub fn within(&self, path: &Path) -> Result<PathBuf, LookupError> {
+        resolve(self, path)
+    }
+
+    /// Opens the regular file `path` names in the container, see [`open_regular`].
+    pub fn open_regular(&self, path: &Path) -> Result<(File, u64), LookupError> {
+        open_resolved(&path.display().to_string(), self.within(path)?)
+    }
+
+    /// The regular file `path` names in the container, read whole within `bound`.
+    pub fn read_regular(&self, path: &Path, bound: &SizeBound) -> Result<Vec<u8>, LookupError> {
+        let (file, size) = self.open_regular(path)?;
+        read_bounded(file, size, &path.display().to_string(), bound)
+    }
+}
+
 /// `path` (as the container sees it; relative paths start at `/`) as a path under `root` on
 /// the node, with every symbolic link resolved inside `root`: an image's `/bin/sh ->
 /// /bin/busybox` leads to the image's busybox, `/h -> /` to the image's root, and
 /// `../../etc/passwd` to the image's `/etc/passwd`, never to the node's.
 pub fn within(root: &Path, path: &Path) -> Result<PathBuf, LookupError> {
+    resolve(&Tree::new(root), path)
+}
+
+fn resolve(tree: &Tree, path: &Path) -> Result<PathBuf, LookupError> {
     let shown = || path.display().to_string();
     let mut resolved = PathBuf::from("/");
     let mut pending: Vec<PathBuf> = parts(path);
@@ -121,7 +187,7 @@ pub fn within(root: &Path, path: &Path) -> Result<PathBuf, LookupError> {
             }
             Some(Component::Normal(name)) => {
                 let candidate = resolved.join(name);
-                match std::fs::read_link(on_node(root, &candidate)) {
+                match std::fs::read_link(tree.on_node(&candidate)) {
                     Ok(target) => {
                         links += 1;
                         if links > MAX_LINKS {
@@ -136,7 +202,7 @@ pub fn within(root: &Path, path: &Path) -> Result<PathBuf, LookupError> {
             Some(Component::Prefix(_)) => return Err(LookupError::NotFound { path: shown() }),
         }
     }
-    Ok(on_node(root, &resolved))
+    Ok(tree.on_node(&resolved))
 }
 
 /// A path's components, last first, so that popping walks them in order.
@@ -155,8 +221,11 @@ fn on_node(root: &Path, in_root: &Path) -> PathBuf {
 /// size. The open never blocks (a FIFO) and never follows a link (the path is resolved
 /// already; a link there now was put in after the lookup).
 pub fn open_regular(root: &Path, path: &Path) -> Result<(File, u64), LookupError> {
-    let shown = path.display().to_string();
-    let on_node = within(root, path)?;
+    Tree::new(root).open_regular(path)
+}
+
+fn open_resolved(shown: &str, on_node: PathBuf) -> Result<(File, u64), LookupError> {
+    let shown = shown.to_string();
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -219,8 +288,7 @@ pub fn read_bounded(
 
 /// The regular file `path` names inside `root`, read whole within `bound`.
 pub fn read_regular(root: &Path, path: &Path, bound: &SizeBound) -> Result<Vec<u8>, LookupError> {
-    let (file, size) = open_regular(root, path)?;
-    read_bounded(file, size, &path.display().to_string(), bound)
+    Tree::new(root).read_regular(path, bound)
 }
 
 #[cfg(test)]
@@ -253,6 +321,72 @@ mod tests {
         symlink("/dev/zero", root.join("app/zero.wasm")).unwrap();
         symlink("loop", root.join("app/loop")).unwrap();
         (dir, root)
+    }
+
+    fn with_mounts(mounts: &[(&Path, &str)]) -> spec::Spec {
+        let mounts: Vec<String> = mounts
+            .iter()
+            .map(|(source, destination)| {
+                format!(
+                    r#"{{"destination": "{destination}", "type": "bind", "source": "{}",
+                        "options": ["rbind", "ro"]}}"#,
+                    source.display()
+                )
+            })
+            .collect();
+        serde_json::from_str(&format!(
+            r#"{{"ociVersion": "1.0.2", "mounts": [{}]}}"#,
+            mounts.join(",")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_path_on_a_volume_is_looked_up_in_the_volume() {
+        let (d, r) = image();
+        let volume = d.path().join("volume");
+        let inner = d.path().join("inner");
+        std::fs::create_dir_all(volume.join("bin")).unwrap();
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::write(volume.join("bin/tool.wasm"), b"\0asm\x01\0\0\0 tool").unwrap();
+        std::fs::write(inner.join("deep.wasm"), b"\0asm\x01\0\0\0 deep").unwrap();
+        // Links on the volume mean paths of the container, as the kernel would have them.
+        symlink("/app/hello.wasm", volume.join("image.wasm")).unwrap();
+        symlink("/", volume.join("root")).unwrap();
+        let spec = with_mounts(&[(&volume, "/tools"), (&inner, "/tools/bin/inner")]);
+        let tree = Tree::of_container(&spec, &r);
+        assert_eq!(
+            tree.within(Path::new("/tools/bin/tool.wasm")).unwrap(),
+            volume.join("bin/tool.wasm")
+        );
+        assert_eq!(
+            tree.within(Path::new("/tools/bin/inner/deep.wasm"))
+                .unwrap(),
+            inner.join("deep.wasm"),
+            "the deepest mount holds its destination"
+        );
+        assert_eq!(
+            tree.within(Path::new("/tools/image.wasm")).unwrap(),
+            r.join("app/hello.wasm")
+        );
+        assert_eq!(
+            tree.within(Path::new("/tools/../app/hello.wasm")).unwrap(),
+            r.join("app/hello.wasm")
+        );
+        assert_eq!(
+            tree.within(Path::new("/tools/root/tools/root/etc/hostname"))
+                .unwrap(),
+            r.join("etc/hostname")
+        );
+        let bytes = tree
+            .read_regular(Path::new("/tools/bin/tool.wasm"), &BIG)
+            .unwrap();
+        assert!(bytes.ends_with(b"tool"));
+        // Without the mounts the path is the image's, where there is nothing.
+        assert!(matches!(
+            Tree::new(&r).open_regular(Path::new("/tools/bin/tool.wasm")),
+            Err(LookupError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -68,6 +68,46 @@ pub fn open_files(spec: &Spec) -> Option<u64> {
         .map(|r| r.soft())
 }
 
+/// Mount types that describe kernel filesystems rather than data a guest can read.
+const KERNEL_MOUNTS: &[&str] = &[
+    "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm",
+];
+
+/// A directory the spec bind-mounts into the container (a volume, an image volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// The directory on the node.
+    pub source: PathBuf,
+    /// Where the container sees it.
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+/// The spec's bind mounts of directories, in the spec's order. File bind mounts
+/// (`/etc/hosts`, the termination log) are left out: they are neither WASI preopens nor
+/// places a module is looked up in.
+pub fn bind_mounts(spec: &Spec) -> Vec<BindMount> {
+    let mut out = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let typ = m.typ().as_deref().unwrap_or("bind");
+        let options = m.options().as_deref().unwrap_or_default();
+        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind || KERNEL_MOUNTS.contains(&typ) {
+            continue;
+        }
+        let Some(source) = m.source() else { continue };
+        if !source.is_dir() {
+            continue;
+        }
+        out.push(BindMount {
+            source: source.clone(),
+            destination: m.destination().clone(),
+            read_only: options.iter().any(|o| o == "ro"),
+        });
+    }
+    out
+}
+
 /// The image a CRI container was created from, as CRI annotated it.
 pub fn image_name(spec: &Spec) -> Option<String> {
     spec.annotations()

@@ -40,7 +40,7 @@ use super::spec;
 use crate::error::Error;
 use wasmpod_engine::{Engine, Exit, GuestContext, HttpConfig, Meter, ProcessMemory, Program};
 use wasmpod_image::{Containerd, ImageError};
-use wasmpod_oci::{LookupError, SizeBound};
+use wasmpod_oci::{LookupError, SizeBound, Tree};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -489,29 +489,31 @@ impl Service {
         // cgroup: it may not be larger than the container may use.
         let bound = SizeBound::for_module(wasmpod_oci::spec::memory_limit(spec));
         let missing = match spec::module_path(spec) {
-            Ok((name, path)) => match wasmpod_oci::read_regular(rootfs, &path, &bound) {
-                Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => {
-                    return Ok((name, bytes))
-                }
-                Ok(bytes) => {
-                    let image = self.image_name(id, spec).await;
-                    return Err(Error::InvalidArgument(format!(
-                        "image {image} has no Wasm module: {name} is not a WebAssembly module \
+            Ok((name, path)) => {
+                match Tree::of_container(spec, rootfs).read_regular(&path, &bound) {
+                    Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => {
+                        return Ok((name, bytes))
+                    }
+                    Ok(bytes) => {
+                        let image = self.image_name(id, spec).await;
+                        return Err(Error::InvalidArgument(format!(
+                            "image {image} has no Wasm module: {name} is not a WebAssembly module \
                          ({}); the wasmtime runtime class runs only Wasm containers, run native \
                          ones in pods of another runtime class (runc)",
-                        describe(&bytes)
-                    )));
+                            describe(&bytes)
+                        )));
+                    }
+                    Err(LookupError::NotFound { .. }) => {
+                        format!("{name} does not exist in the image")
+                    }
+                    Err(e) => {
+                        let image = self.image_name(id, spec).await;
+                        return Err(Error::InvalidArgument(format!(
+                            "image {image}: cannot use {name} as the module: {e}"
+                        )));
+                    }
                 }
-                Err(LookupError::NotFound { .. }) => {
-                    format!("{name} does not exist in the image")
-                }
-                Err(e) => {
-                    let image = self.image_name(id, spec).await;
-                    return Err(Error::InvalidArgument(format!(
-                        "image {image}: cannot use {name} as the module: {e}"
-                    )));
-                }
-            },
+            }
             Err(e) => e.to_string(),
         };
         let image = self.image_name(id, spec).await;

@@ -14,11 +14,6 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The annotation CRI uses to group a pod's containers into one shim.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
-/// Mount types that describe kernel filesystems rather than data a guest can read.
-const KERNEL_MOUNTS: &[&str] = &[
-    "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "shm",
-];
-
 /// What both hosts read alike (`wasmpod_oci::spec`).
 pub use wasmpod_oci::spec::{args, cwd, env, image_name, open_files, Spec};
 
@@ -133,23 +128,15 @@ pub fn preopens(spec: &Spec, rootfs: &Path) -> Vec<Preopen> {
         guest: "/".into(),
         read_only: !root_writable,
     }];
-    for m in spec.mounts().as_deref().unwrap_or_default() {
-        let typ = m.typ().as_deref().unwrap_or("bind");
-        let options = m.options().as_deref().unwrap_or_default();
-        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
-        if !is_bind || KERNEL_MOUNTS.contains(&typ) {
-            continue;
-        }
-        let Some(source) = m.source() else { continue };
-        if !source.is_dir() {
-            continue;
-        }
-        out.push(Preopen {
-            host: source.clone(),
-            guest: m.destination().to_string_lossy().into_owned(),
-            read_only: options.iter().any(|o| o == "ro"),
-        });
-    }
+    out.extend(
+        wasmpod_oci::spec::bind_mounts(spec)
+            .into_iter()
+            .map(|m| Preopen {
+                host: m.source,
+                guest: m.destination.to_string_lossy().into_owned(),
+                read_only: m.read_only,
+            }),
+    );
     out
 }
 
