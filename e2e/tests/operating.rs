@@ -102,7 +102,7 @@ async fn a_pinned_module_runs_and_any_other_is_refused_isolated() {
 async fn a_malformed_pin_is_a_start_error() {
     let message = start_error("pin-bad", hello(&[("WASM_MODULE_HASH", "latest")])).await;
     assert!(
-        message.contains("WASM_MODULE_HASH is \"latest\", not a SHA-256 digest"),
+        message.contains("WASM_MODULE_HASH is latest, not a SHA-256 digest"),
         "{message}"
     );
 }

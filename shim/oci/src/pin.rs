@@ -21,7 +21,7 @@ pub const ENV: &str = "WASM_MODULE_HASH";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PinError {
-    #[error("{origin} is {value:?}, not a SHA-256 digest (sha256:<64 hex digits>)")]
+    #[error("{origin} is {value}, not a SHA-256 digest (sha256:<64 hex digits>)")]
     Malformed { origin: String, value: String },
     #[error(
         "module {module} is not the one {origin} pins: its digest is sha256:{actual}, \
