@@ -96,6 +96,16 @@ fn settle_fields(state: &mut ComponentState, rep: u32) -> wasmtime::Result<()> {
     settle(state, Kind::Fields, rep, bytes)
 }
 
+type MadeBody = Result<Resource<HostOutgoingBody>, ()>;
+
+/// A request's or response's new outgoing body, charged its buffer.
+fn charge_body(state: &mut ComponentState, body: MadeBody) -> wasmtime::Result<(MadeBody,)> {
+    if let Ok(b) = &body {
+        settle(state, Kind::Body, b.rep(), BODY_BYTES)?;
+    }
+    Ok((body,))
+}
+
 /// Lowers a header error as the guest sees it (a trap stays a trap).
 fn header_result<T>(
     state: &mut ComponentState,
@@ -225,10 +235,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
          (request,): (Resource<HostOutgoingRequest>,)| {
             let state = store.data_mut();
             let body = wit::HostOutgoingRequest::body(&mut state.http(), request)?;
-            if let Ok(body) = &body {
-                settle(state, Kind::Body, body.rep(), BODY_BYTES)?;
-            }
-            Ok((body,))
+            charge_body(state, body)
         },
     )?;
     types.func_wrap(
@@ -237,10 +244,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
          (response,): (Resource<HostOutgoingResponse>,)| {
             let state = store.data_mut();
             let body = wit::HostOutgoingResponse::body(&mut state.http(), response)?;
-            if let Ok(body) = &body {
-                settle(state, Kind::Body, body.rep(), BODY_BYTES)?;
-            }
-            Ok((body,))
+            charge_body(state, body)
         },
     )?;
     types.func_wrap(

@@ -46,10 +46,10 @@ pub struct Pin {
 /// The pins a container's spec carries (none, one, or the annotation and the variable).
 pub fn pins(spec: &Spec) -> Result<Vec<Pin>, PinError> {
     let mut pins = Vec::new();
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    if let Some(container) = annotations.get(CONTAINER_NAME) {
+    let annotations = spec.annotations().as_ref();
+    if let Some(container) = annotations.and_then(|a| a.get(CONTAINER_NAME)) {
         let key = format!("{ANNOTATION_PREFIX}{container}");
-        if let Some(value) = annotations.get(&key) {
+        if let Some(value) = annotations.and_then(|a| a.get(&key)) {
             pins.push(Pin::parse(format!("annotation {key}"), value)?);
         }
     }
