@@ -18,19 +18,7 @@ pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub use wasmpod_oci::spec::{args, cwd, env, image_name, open_files, Spec};
 
 pub fn load(bundle: &Path) -> Result<Spec, Error> {
-    wasmpod_oci::spec::load(bundle).map_err(|e| Error::InvalidArgument(error_chain(&e)))
-}
-
-/// An error and its causes in one line, for the message containerd shows.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+    wasmpod_oci::spec::load(bundle).map_err(Error::Spec)
 }
 
 pub fn is_sandbox(spec: &Spec) -> bool {
@@ -60,8 +48,6 @@ pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
         bundle.join(path)
     }
 }
-
-pub use wasmpod_engine::{HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 
 /// How an HTTP handler serves, from the container's environment.
 pub fn http_config(env: &[(String, String)]) -> Result<HttpConfig, String> {
@@ -110,9 +96,7 @@ pub fn netns(spec: &Spec) -> Option<PathBuf> {
 /// is in the rootfs is for `wasmpod_oci` to say: the image's links must resolve inside it.
 pub fn module_path(spec: &Spec) -> Result<(String, PathBuf), Error> {
     let Some(arg0) = args(spec).first().filter(|a| !a.is_empty()) else {
-        return Err(Error::InvalidArgument(
-            "no command: process.args is empty, so there is no module to run".into(),
-        ));
+        return Err(Error::NoCommand);
     };
     Ok((arg0.clone(), cwd(spec).join(arg0)))
 }
@@ -144,7 +128,7 @@ pub fn preopens(spec: &Spec, rootfs: &Path) -> Vec<Preopen> {
 /// whose file access its guest gets. A root container keeps root's file access; one that
 /// asked to drop it (no `CAP_DAC_OVERRIDE`) is refused, since the pod host shares one
 /// process's capabilities among the pod's guests and cannot take them from one guest.
-pub fn identity(spec: &Spec) -> Result<Option<Identity>, String> {
+pub fn identity(spec: &Spec) -> Result<Option<Identity>, Error> {
     let Some(process) = spec.process().as_ref() else {
         return Ok(None);
     };
@@ -161,12 +145,7 @@ pub fn identity(spec: &Spec) -> Result<Option<Identity>, String> {
             .and_then(|c| c.effective().as_ref())
             .is_some_and(|e| !e.contains(&oci_spec::runtime::Capability::DacOverride));
         if dropped {
-            return Err(
-                "a root container without CAP_DAC_OVERRIDE cannot run in the wasmtime \
-                 class: its pod's guests share one process's capabilities; run it as a \
-                 non-root user (securityContext.runAsUser) or in the wasmtime-isolated class"
-                    .into(),
-            );
+            return Err(Error::CapabilityDropped);
         }
     }
     Ok((!identity.is_root()).then_some(identity))
@@ -175,6 +154,7 @@ pub fn identity(spec: &Spec) -> Result<Option<Identity>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmpod_engine::{HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 
     fn spec(json: serde_json::Value) -> Spec {
         serde_json::from_value(json).unwrap()

@@ -11,9 +11,6 @@ static BUILD_ID: &str = match option_env!("WASMPOD_BUILD_ID") {
 
 #[tokio::main]
 async fn main() {
-    containerd_shim::asynchronous::run::<wasmpod_shim::podhost::PodShim>(
-        wasmpod_shim::podhost::RUNTIME_TYPE,
-        None,
-    )
-    .await;
+    containerd_shim::asynchronous::run::<wasmpod_shim::PodShim>(wasmpod_shim::RUNTIME_TYPE, None)
+        .await;
 }

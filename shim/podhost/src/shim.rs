@@ -1,12 +1,5 @@
-//! The pod host: one shim process per pod, every container an async task on one engine.
-//!
-//! containerd starts the binary with `start` for each container; containers of the same pod
-//! (same `io.kubernetes.cri.sandbox-id`) get the address of the process that already serves the
-//! pod, so the pod costs one process no matter how many containers it has.
-
-mod cgroup;
-mod service;
-pub mod spec;
+//! The shim daemon containerd starts: `start` (one process per pod), `delete`, and the task
+//! service it serves.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,8 +11,10 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::{Config, DeleteResponse, Flags, StartOpts};
+use wasmpod_image::Containerd;
 
-pub use service::Service;
+use crate::task::TaskService;
+use crate::{events, guest, node, pod, spec};
 
 /// containerd's name for this runtime (`runtime_type`).
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
@@ -33,7 +28,7 @@ pub struct PodShim {
 
 #[async_trait]
 impl Shim for PodShim {
-    type T = Service;
+    type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
         // The pod host forks nothing, so it has no children to reap.
@@ -81,7 +76,7 @@ impl Shim for PodShim {
     #[tracing::instrument(skip_all)]
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         // containerd calls this when the shim is gone; all that can be left is our mount.
-        service::unmount(Path::new("rootfs"));
+        node::unmount(Path::new("rootfs"));
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -100,8 +95,15 @@ impl Shim for PodShim {
         self.exit.wait().await;
     }
 
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service::new(&self.namespace, &self.address, publisher, self.exit.clone())
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let pid = std::process::id();
+        TaskService::new(pod::Pod::new(
+            pid,
+            Box::new(events::Publisher::new(publisher, &self.namespace, pid)),
+            Box::new(node::Host::default()),
+            guest::Wasm::new(Containerd::new(Path::new(&self.address), &self.namespace)),
+            self.exit.clone(),
+        ))
     }
 }
 

@@ -25,16 +25,45 @@ pub struct PodCgroup {
     memory: Option<(PathBuf, PathBuf)>,
 }
 
+/// Why the pod's cgroup could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(transparent)]
+    Systemd(#[from] wasmpod_oci::cgroup::SystemdPathError),
+    #[error("invalid cgroups path {0:?}")]
+    Invalid(String),
+    #[error("cannot create {}: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot join {}: {source}", .path.display())]
+    Join {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup hierarchy is mounted")]
+    NoHierarchy,
+    #[error("{}: {source}", .path.display())]
+    Proc {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Joins the cgroup named by `cgroups_path`, or returns why not.
-pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
+pub fn join(cgroups_path: &str) -> Result<PodCgroup, CgroupError> {
     let path = if wasmpod_oci::cgroup::is_systemd_form(cgroups_path) {
-        wasmpod_oci::cgroup::systemd_path(cgroups_path).map_err(|e| e.to_string())?
+        wasmpod_oci::cgroup::systemd_path(cgroups_path)?
     } else {
         cgroups_path.to_string()
     };
     let rel = path.trim_start_matches('/');
     if rel.is_empty() || rel.split('/').any(|c| c == "..") {
-        return Err(format!("invalid cgroups path {cgroups_path:?}"));
+        return Err(CgroupError::Invalid(cgroups_path.to_string()));
     }
     let own = own_cgroups()?;
     let mut joined = PodCgroup {
@@ -54,15 +83,22 @@ pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
             missing.push(dir.to_path_buf());
             dir = dir.parent().unwrap_or(&mount);
         }
-        if let Err(e) = fs::create_dir_all(&target) {
+        if let Err(source) = fs::create_dir_all(&target) {
             joined.leave();
-            return Err(format!("cannot create {}: {e}", target.display()));
+            return Err(CgroupError::Create {
+                path: target,
+                source,
+            });
         }
         joined.created.extend(missing.iter().rev().cloned());
         inherit_cpusets(&mount, &target);
-        if let Err(e) = fs::write(target.join("cgroup.procs"), std::process::id().to_string()) {
+        if let Err(source) = fs::write(target.join("cgroup.procs"), std::process::id().to_string())
+        {
             joined.leave();
-            return Err(format!("cannot join {}: {e}", target.display()));
+            return Err(CgroupError::Join {
+                path: target,
+                source,
+            });
         }
         let is_memory = key.split(',').any(|c| c == "memory")
             || (key.is_empty() && target.join("memory.max").exists());
@@ -72,7 +108,7 @@ pub fn join(cgroups_path: &str) -> Result<PodCgroup, String> {
         joined.origins.push((mount, origin));
     }
     if joined.origins.is_empty() {
-        return Err("no cgroup hierarchy is mounted".into());
+        return Err(CgroupError::NoHierarchy);
     }
     Ok(joined)
 }
@@ -211,10 +247,8 @@ fn inherit_cpuset(dir: &Path) {
 
 /// The process's cgroups, as (hierarchy key, path): the key is the v1 controller list
 /// (`cpu,cpuacct`, `name=systemd`) or empty for v2.
-fn own_cgroups() -> Result<Vec<(String, String)>, String> {
-    let text =
-        fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-    Ok(parse_proc_cgroup(&text))
+fn own_cgroups() -> Result<Vec<(String, String)>, CgroupError> {
+    Ok(parse_proc_cgroup(&read_proc("/proc/self/cgroup")?))
 }
 
 fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
@@ -228,10 +262,15 @@ fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
 }
 
 /// Mounted cgroup hierarchies as (mount point, hierarchy key), from mountinfo.
-fn hierarchies() -> Result<Vec<(PathBuf, String)>, String> {
-    let text = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    Ok(parse_mountinfo(&text))
+fn hierarchies() -> Result<Vec<(PathBuf, String)>, CgroupError> {
+    Ok(parse_mountinfo(&read_proc("/proc/self/mountinfo")?))
+}
+
+fn read_proc(path: &str) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|source| CgroupError::Proc {
+        path: path.into(),
+        source,
+    })
 }
 
 fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String)> {
