@@ -496,6 +496,31 @@ impl Cri {
     }
 
     /// StopPodSandbox then RemovePodSandbox, as the kubelet does when a pod is deleted.
+    /// ExecSync, as `kubectl exec` without stdin does through the kubelet: (exit code, stdout,
+    /// stderr), or the error containerd answered with.
+    pub async fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout_s: i64,
+    ) -> Result<(i32, String, String)> {
+        let resp = self
+            .runtime
+            .exec_sync(ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: cmd.iter().map(|c| c.to_string()).collect(),
+                timeout: timeout_s,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("ExecSync {cmd:?}: {}", s.message()))?
+            .into_inner();
+        Ok((
+            resp.exit_code,
+            String::from_utf8_lossy(&resp.stdout).into_owned(),
+            String::from_utf8_lossy(&resp.stderr).into_owned(),
+        ))
+    }
+
     pub async fn remove_pod(&mut self, pod: &Pod) -> Result<()> {
         self.runtime
             .stop_pod_sandbox(StopPodSandboxRequest {

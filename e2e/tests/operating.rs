@@ -1,9 +1,10 @@
 //! What operators rely on once Wasm pods run, through the CRI on both hosts: pinned modules
-//! (the pod says which module a container must run, by its digest) and modules from volumes
-//! and image volumes.
+//! (the pod says which module a container must run, by its digest), modules from volumes
+//! and image volumes, and `kubectl exec` into a Wasm container.
 
 use std::path::Path;
 
+use k8s_cri::v1::ContainerState;
 use sha2::{Digest, Sha256};
 use wasmpod_e2e::*;
 
@@ -167,4 +168,89 @@ async fn a_module_in_an_image_volume_runs() {
         );
         cri.remove_pod(&pod).await.unwrap();
     }
+}
+
+/// `kubectl exec` into a running Wasm container (pod host): another Wasm program of the
+/// container's image runs with the exec's arguments and environment, sees the container's
+/// files, and its exit code comes back; the container runs on. A native program or a path
+/// that is not there is a clear error, and the container is not harmed.
+#[tokio::test]
+async fn kubectl_exec_runs_a_wasm_program_of_the_container() {
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "exec", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, ContainerSpec::wasm("app", "sleep.wasm", &["300"]))
+        .await
+        .expect("create+start");
+
+    let (code, out, _) = cri
+        .exec_sync(&id, &["/echo.wasm", "one", "two"], 30)
+        .await
+        .expect("ExecSync echo");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("args: one two"), "{out}");
+    let (code, out, _) = cri
+        .exec_sync(&id, &["/readfile.wasm", "/etc/greeting.txt"], 30)
+        .await
+        .expect("ExecSync readfile");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hello from a read-only file"), "{out}");
+    let (code, out, _) = cri
+        .exec_sync(&id, &["/exit.wasm", "7"], 30)
+        .await
+        .expect("ExecSync exit");
+    assert_eq!((code, out.trim()), (7, "exiting with 7"));
+
+    let e = cri
+        .exec_sync(&id, &["/native"], 30)
+        .await
+        .expect_err("a native program is not run");
+    assert!(
+        e.to_string().contains(
+            "cannot exec /native: it is not a WebAssembly module (it is a native ELF executable)"
+        ),
+        "{e}"
+    );
+    let e = cri
+        .exec_sync(&id, &["/tools/inspect.wasm"], 30)
+        .await
+        .expect_err("a missing program is an error");
+    assert!(
+        e.to_string()
+            .contains("cannot exec /tools/inspect.wasm: it does not exist in the container"),
+        "{e}"
+    );
+    let status = cri.status(&id).await.unwrap();
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerRunning as i32,
+        "the container runs on: {status:?}"
+    );
+    cri.remove_pod(&pod).await.unwrap();
+}
+
+/// An exec that outlives ExecSync's timeout is stopped, and the container runs on.
+#[tokio::test]
+async fn an_exec_past_its_timeout_is_stopped() {
+    let (bed, mut cri) = connect().await;
+    let pod = cri.run_pod(&bed, "exec-timeout", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, ContainerSpec::wasm("app", "sleep.wasm", &["300"]))
+        .await
+        .expect("create+start");
+    let started = std::time::Instant::now();
+    let result = cri.exec_sync(&id, &["/sleep.wasm", "120"], 2).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "ExecSync returned after {:?}: {result:?}",
+        started.elapsed()
+    );
+    assert!(result.is_err(), "{result:?}");
+    let (code, out, _) = cri
+        .exec_sync(&id, &["/echo.wasm", "after"], 30)
+        .await
+        .expect("the container takes execs again");
+    assert_eq!(code, 0);
+    assert!(out.contains("args: after"), "{out}");
+    cri.remove_pod(&pod).await.unwrap();
 }

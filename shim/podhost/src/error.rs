@@ -21,6 +21,12 @@ pub enum Error {
     NotFound(String),
     #[error("exec {0} not found")]
     ExecNotFound(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("container {0} is the pod's sandbox: it runs nothing to exec into")]
+    NothingToExecInto(String),
+    #[error("containerd sent an exec without a process")]
+    NoExecProcess,
     #[error("container {0} already exists")]
     AlreadyExists(String),
     #[error("container {0} was deleted while it was being created")]
@@ -70,6 +76,21 @@ pub enum Error {
     Image(#[source] ImageError),
     #[error("{0}")]
     Pin(#[from] PinError),
+    #[error("cannot exec {name}: it does not exist in the container")]
+    ExecMissing { name: String },
+    #[error(
+        "cannot exec {name}: it is not a WebAssembly module ({what}); containers of the \
+         wasmtime runtime class run only Wasm programs"
+    )]
+    ExecNotWasm { name: String, what: &'static str },
+    #[error("cannot exec {name}: {source}")]
+    ExecLookup {
+        name: String,
+        #[source]
+        source: LookupError,
+    },
+    #[error("cannot parse the exec's process: {0}")]
+    ExecProcess(#[source] serde_json::Error),
     #[error("module {name}: {source}")]
     Compile {
         name: String,

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
@@ -60,10 +60,27 @@ impl Events for Publisher {
                     ..Default::default()
                 }),
             ),
-            Event::Started { id } => (
+            Event::ExecAdded { id, exec_id } => (
+                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+                Box::new(TaskExecAdded {
+                    container_id: id,
+                    exec_id,
+                    ..Default::default()
+                }),
+            ),
+            Event::Started { id, exec_id } if exec_id.is_empty() => (
                 topics::TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
                     container_id: id,
+                    pid,
+                    ..Default::default()
+                }),
+            ),
+            Event::Started { id, exec_id } => (
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: id,
+                    exec_id,
                     pid,
                     ..Default::default()
                 }),
@@ -75,11 +92,21 @@ impl Events for Publisher {
                     ..Default::default()
                 }),
             ),
-            Event::Exited { id, status, at } => (
+            Event::Exited {
+                id,
+                exec_id,
+                status,
+                at,
+            } => (
                 topics::TASK_EXIT_EVENT_TOPIC,
                 Box::new(TaskExit {
-                    container_id: id.clone(),
-                    id,
+                    // containerd names a process by its exec id, the init by the container's.
+                    id: if exec_id.is_empty() {
+                        id.clone()
+                    } else {
+                        exec_id
+                    },
+                    container_id: id,
                     pid,
                     exit_status: status,
                     exited_at: MessageField::some(timestamp(at)),

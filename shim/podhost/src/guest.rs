@@ -49,6 +49,47 @@ impl Wasm {
             .map_err(Error::Engine)
     }
 
+    /// Compiles a module (seconds for a large one: on a thread of its own, so that the task
+    /// service keeps answering the pod's other calls meanwhile) and reads the guest's
+    /// context from the spec.
+    async fn compile(
+        &self,
+        id: &str,
+        name: String,
+        bytes: Vec<u8>,
+        spec: &Spec,
+        rootfs: &Path,
+        stdio: &Stdio,
+    ) -> Result<Prepared<Guest>, Error> {
+        let engine = self.engine()?;
+        let compiled = tokio::task::spawn_blocking(move || engine.compile_cached(&bytes)).await;
+        let (program, outcome) = compiled
+            .map_err(|e| Error::Internal(format!("compiling module {name}: {e}")))?
+            .map_err(|source| Error::Compile {
+                name: name.clone(),
+                source,
+            })?;
+        tracing::debug!(id, module = %name, kind = program.kind(), ?outcome, "module ready");
+        let env = spec::env(spec);
+        let http = spec::http_config(&env).map_err(Error::HttpSettings)?;
+        let ctx = GuestContext {
+            args: spec::args(spec).to_vec(),
+            env,
+            cwd: Some(spec::cwd(spec).to_string_lossy().into_owned()),
+            stdin: open_stdin(&stdio.stdin)?,
+            stdout: open_output(&stdio.stdout)?,
+            stderr: open_output(&stdio.stderr)?,
+            preopens: spec::preopens(spec, rootfs),
+            open_files: spec::open_files(spec),
+            identity: spec::identity(spec)?,
+        };
+        let serves_http = matches!(program, Program::Http(_));
+        Ok(Prepared {
+            guest: Guest { program, ctx, http },
+            serves_http,
+        })
+    }
+
     /// The runtime guests run on. Its threads enter the pod's network namespace as they start,
     /// so sockets a guest opens belong to the pod. Created by the first Wasm container's start;
     /// every container of a pod shares the sandbox's namespace.
@@ -101,35 +142,18 @@ impl Guests for Wasm {
     ) -> Result<Prepared<Guest>, Error> {
         let (name, bytes) = module::find(&self.containerd, id, spec, rootfs).await?;
         wasmpod_oci::pin::check(&wasmpod_oci::pin::pins(spec)?, &name, &bytes)?;
-        // Compiling takes seconds for a large module: on a thread of its own, so that the task
-        // service keeps answering the pod's other calls meanwhile.
-        let engine = self.engine()?;
-        let compiled = tokio::task::spawn_blocking(move || engine.compile_cached(&bytes)).await;
-        let (program, outcome) = compiled
-            .map_err(|e| Error::Internal(format!("compiling module {name}: {e}")))?
-            .map_err(|source| Error::Compile {
-                name: name.clone(),
-                source,
-            })?;
-        tracing::debug!(id, module = %name, kind = program.kind(), ?outcome, "module ready");
-        let env = spec::env(spec);
-        let http = spec::http_config(&env).map_err(Error::HttpSettings)?;
-        let ctx = GuestContext {
-            args: spec::args(spec).to_vec(),
-            env,
-            cwd: Some(spec::cwd(spec).to_string_lossy().into_owned()),
-            stdin: open_stdin(&stdio.stdin)?,
-            stdout: open_output(&stdio.stdout)?,
-            stderr: open_output(&stdio.stderr)?,
-            preopens: spec::preopens(spec, rootfs),
-            open_files: spec::open_files(spec),
-            identity: spec::identity(spec)?,
-        };
-        let serves_http = matches!(program, Program::Http(_));
-        Ok(Prepared {
-            guest: Guest { program, ctx, http },
-            serves_http,
-        })
+        self.compile(id, name, bytes, spec, rootfs, stdio).await
+    }
+
+    async fn prepare_exec(
+        &self,
+        name: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        stdio: &Stdio,
+    ) -> Result<Prepared<Guest>, Error> {
+        let (module, bytes) = module::find_exec(spec, rootfs)?;
+        self.compile(name, module, bytes, spec, rootfs, stdio).await
     }
 
     async fn ready(&self, netns: Option<&Path>) -> Result<(), Error> {

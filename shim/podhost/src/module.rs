@@ -54,6 +54,22 @@ pub async fn find(
     }
 }
 
+/// An exec's module: only a file of the container's root or mounts (an exec names a program
+/// of the container, not of the image's artifact layers).
+pub fn find_exec(spec: &Spec, rootfs: &Path) -> Result<(String, Vec<u8>), Error> {
+    let bound = SizeBound::for_module(wasmpod_oci::spec::memory_limit(spec));
+    let (name, path) = spec::module_path(spec)?;
+    match Tree::of_container(spec, rootfs).read_regular(&path, &bound) {
+        Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => Ok((name, bytes)),
+        Ok(bytes) => Err(Error::ExecNotWasm {
+            name,
+            what: describe(&bytes),
+        }),
+        Err(LookupError::NotFound { .. }) => Err(Error::ExecMissing { name }),
+        Err(source) => Err(Error::ExecLookup { name, source }),
+    }
+}
+
 /// A short description of what a non-Wasm file is, for error messages.
 fn describe(bytes: &[u8]) -> &'static str {
     if bytes.starts_with(b"\x7fELF") {

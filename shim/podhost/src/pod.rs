@@ -3,8 +3,10 @@
 //! What it needs from outside (containerd's events, the node, the guests) is behind the traits
 //! of `outside.rs`, so that its transitions and races are unit-tested (`pod/tests.rs`).
 //!
-//! A container is `Created`, then `Running`, then `Stopped`; it is in `creating` (not yet in
-//! `containers`) while its create runs, which may outlast containerd's patience.
+//! A container's processes (its init, the container's command, and any execs: `kubectl exec`)
+//! are each `Created`, then `Running`, then `Stopped`. A container is in `creating` (not yet in
+//! `containers`) while its create runs, which may outlast containerd's patience. containerd
+//! names a container's init by the empty exec id.
 
 pub mod outside;
 #[cfg(test)]
@@ -67,39 +69,101 @@ pub struct Status {
     pub exited: Option<Exited>,
 }
 
-enum Kind<G> {
-    /// The pod's pause container: it holds the pod, runs nothing.
-    Sandbox,
-    /// A Wasm container; its prepared guest is taken at start.
-    Wasm { guest: Option<G>, serves_http: bool },
+/// An exec (`kubectl exec`), as the pod needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Exec {
+    pub id: String,
+    pub exec_id: String,
+    /// The process to run (the OCI spec's `process`, from containerd).
+    pub process: Option<oci_spec::runtime::Process>,
+    pub stdio: Stdio,
+    pub terminal: bool,
 }
 
-struct Container<G> {
-    bundle: String,
+/// One process of a container: its init or an exec.
+struct Process<G> {
     stdio: Stdio,
-    /// The rootfs this shim mounted and must unmount on delete.
-    mounted_rootfs: Option<PathBuf>,
-    netns: Option<PathBuf>,
-    kind: Kind<G>,
+    /// The prepared guest, taken at start; a sandbox's init has none and runs nothing.
+    guest: Option<G>,
+    runs_guest: bool,
+    /// An HTTP handler: SIGTERM drains it rather than ending it.
+    serves_http: bool,
     phase: Phase,
     exit: watch::Sender<Option<Exited>>,
     signals: Option<watch::Sender<Option<u32>>>,
-    meter: Arc<Meter>,
 }
 
-impl<G> Container<G> {
+impl<G> Process<G> {
+    fn new(stdio: Stdio, guest: Option<Prepared<G>>) -> Self {
+        let (exit, _) = watch::channel(None);
+        let runs_guest = guest.is_some();
+        let serves_http = guest.as_ref().is_some_and(|g| g.serves_http);
+        Process {
+            stdio,
+            guest: guest.map(|g| g.guest),
+            runs_guest,
+            serves_http,
+            phase: Phase::Created,
+            exit,
+            signals: None,
+        }
+    }
+
     fn exited(&self) -> Option<Exited> {
         *self.exit.borrow()
     }
 
-    fn startable(&self, id: &str) -> Result<()> {
+    fn startable(&self, name: &str) -> Result<()> {
         match self.phase {
             Phase::Created => Ok(()),
             phase => Err(Error::NotStartable {
-                id: id.to_string(),
+                id: name.to_string(),
                 phase,
             }),
         }
+    }
+}
+
+struct Container<G> {
+    bundle: String,
+    /// The rootfs this shim mounted and must unmount on delete.
+    mounted_rootfs: Option<PathBuf>,
+    netns: Option<PathBuf>,
+    meter: Arc<Meter>,
+    /// What an exec runs in: the container's spec and root (Wasm containers).
+    spec: Option<Arc<spec::Spec>>,
+    rootfs: PathBuf,
+    init: Process<G>,
+    execs: HashMap<String, Process<G>>,
+}
+
+impl<G> Container<G> {
+    /// The process containerd means: the init for an empty exec id.
+    fn process(&self, id: &str, exec_id: &str) -> Result<&Process<G>> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+
+    fn process_mut(&mut self, id: &str, exec_id: &str) -> Result<&mut Process<G>> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+}
+
+/// How messages name a process: the container's id, or `id exec exec_id`.
+fn process_name(id: &str, exec_id: &str) -> String {
+    if exec_id.is_empty() {
+        id.to_string()
+    } else {
+        format!("{id} exec {exec_id}")
     }
 }
 
@@ -228,17 +292,15 @@ impl<G: Guests> Pod<G> {
         }
         let bundle = Path::new(&req.bundle);
         let spec = spec::load(bundle)?;
-        let (exit, _) = watch::channel(None);
         let mut container = Container {
             bundle: req.bundle.clone(),
-            stdio: req.stdio.clone(),
             mounted_rootfs: None,
             netns: self.netns(&spec),
-            kind: Kind::Sandbox,
-            phase: Phase::Created,
-            exit,
-            signals: None,
             meter: Arc::new(Meter::new(spec::limits(&spec))),
+            spec: None,
+            rootfs: spec::rootfs(&spec, bundle),
+            init: Process::new(req.stdio.clone(), None),
+            execs: HashMap::new(),
         };
         // The process belongs in the cgroup of the pod (or of a standalone container), not
         // of its app containers, which are no processes of their own.
@@ -252,7 +314,7 @@ impl<G: Guests> Pod<G> {
             container.meter.set_process_memory(pod.clone());
         }
 
-        let rootfs = spec::rootfs(&spec, bundle);
+        let rootfs = container.rootfs.clone();
         if !req.rootfs.is_empty() {
             self.node.mount_rootfs(&req.rootfs, &rootfs)?;
             container.mounted_rootfs = Some(rootfs.clone());
@@ -264,10 +326,8 @@ impl<G: Guests> Pod<G> {
             .await
         {
             Ok(p) => {
-                container.kind = Kind::Wasm {
-                    guest: Some(p.guest),
-                    serves_http: p.serves_http,
-                };
+                container.init = Process::new(req.stdio.clone(), Some(p));
+                container.spec = Some(Arc::new(spec));
                 Ok(container)
             }
             Err(e) => {
@@ -323,38 +383,90 @@ impl<G: Guests> Pod<G> {
         Ok(())
     }
 
-    pub async fn start(self: &Arc<Self>, id: &str) -> Result<()> {
-        let (is_wasm, netns) = {
+    /// Adds an exec: another Wasm program of the container's image, run in the container's
+    /// context (its root and mounts, its limits) with the process containerd gives.
+    pub async fn exec(&self, req: Exec) -> Result<()> {
+        let name = process_name(&req.id, &req.exec_id);
+        if req.terminal {
+            return Err(Error::Terminal);
+        }
+        let (spec, rootfs) = {
+            let containers = lock(&self.containers);
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            if c.execs.contains_key(&req.exec_id) {
+                return Err(Error::AlreadyExists(name));
+            }
+            let Some(spec) = c.spec.clone() else {
+                return Err(Error::NothingToExecInto(req.id));
+            };
+            if c.init.phase != Phase::Running {
+                return Err(Error::NotRunning(req.id));
+            }
+            (spec, c.rootfs.clone())
+        };
+        let mut spec = (*spec).clone();
+        spec.set_process(Some(req.process.ok_or(Error::NoExecProcess)?));
+        let prepared = self
+            .guests
+            .prepare_exec(&name, &spec, &rootfs, &req.stdio)
+            .await?;
+        {
+            let mut containers = lock(&self.containers);
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
+            if c.execs.contains_key(&req.exec_id) {
+                return Err(Error::AlreadyExists(name));
+            }
+            let exec = Process::new(req.stdio, Some(prepared));
+            c.execs.insert(req.exec_id.clone(), exec);
+        }
+        self.events
+            .publish(Event::ExecAdded {
+                id: req.id,
+                exec_id: req.exec_id,
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Starts a container's init or one of its execs.
+    pub async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<()> {
+        let name = process_name(id, exec_id);
+        let (runs_guest, netns) = {
             let containers = lock(&self.containers);
             let c = containers.get(id).ok_or_else(|| not_found(id))?;
-            c.startable(id)?;
-            (matches!(c.kind, Kind::Wasm { .. }), c.netns.clone())
+            c.process(id, exec_id)?.startable(&name)?;
+            (c.process(id, exec_id)?.runs_guest, c.netns.clone())
         };
-        // What can fail is done before the container counts as running; containerd may
-        // delete it meanwhile.
-        if is_wasm {
+        // What can fail is done before the process counts as running; containerd may delete
+        // it meanwhile.
+        if runs_guest {
             self.guests.ready(netns.as_deref()).await?;
         }
         let (signals_tx, signals) = watch::channel(None);
         let running = {
             let mut containers = lock(&self.containers);
             let c = containers.get_mut(id).ok_or_else(|| not_found(id))?;
-            c.startable(id)?;
-            c.phase = Phase::Running;
-            c.signals = Some(signals_tx);
-            match &mut c.kind {
-                Kind::Sandbox => None,
-                Kind::Wasm { guest, .. } => guest
-                    .take()
-                    .map(|g| self.guests.run(g, c.meter.clone(), signals)),
+            if !exec_id.is_empty() && c.init.phase != Phase::Running {
+                return Err(Error::NotRunning(id.to_string()));
             }
+            let meter = c.meter.clone();
+            let p = c.process_mut(id, exec_id)?;
+            p.startable(&name)?;
+            p.phase = Phase::Running;
+            p.signals = Some(signals_tx);
+            p.guest.take().map(|g| self.guests.run(g, meter, signals))
         };
         self.events
-            .publish(Event::Started { id: id.to_string() })
+            .publish(Event::Started {
+                id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            })
             .await;
         if let Some(running) = running {
             let pod = self.clone();
-            let id = id.to_string();
+            let (id, exec_id) = (id.to_string(), exec_id.to_string());
             tokio::spawn(async move {
                 let ended = running.await;
                 if ended.oom {
@@ -362,70 +474,95 @@ impl<G: Guests> Pod<G> {
                         .publish(Event::OutOfMemory { id: id.clone() })
                         .await;
                 }
-                pod.finish(&id, ended.status).await;
+                pod.finish(&id, &exec_id, ended.status).await;
             });
         }
         Ok(())
     }
 
-    /// Records a container's end and tells containerd, once.
-    async fn finish(&self, id: &str, status: u32) {
+    /// Records a process's end and tells containerd, once. The init's end ends the container's
+    /// execs too, as a PID namespace's init does.
+    async fn finish(&self, id: &str, exec_id: &str, status: u32) {
         let at = SystemTime::now();
         {
             let mut containers = lock(&self.containers);
             let Some(c) = containers.get_mut(id) else {
                 return;
             };
-            if c.exited().is_some() {
+            let Ok(p) = c.process_mut(id, exec_id) else {
+                return;
+            };
+            if p.exited().is_some() {
                 return;
             }
-            c.phase = Phase::Stopped;
-            c.signals = None;
-            c.exit.send_replace(Some(Exited { status, at }));
+            p.phase = Phase::Stopped;
+            p.signals = None;
+            p.exit.send_replace(Some(Exited { status, at }));
+            if exec_id.is_empty() {
+                let running = c.execs.values().filter_map(|e| e.signals.as_ref());
+                for signals in running {
+                    signals.send_replace(Some(SIGKILL));
+                    c.meter.interrupt();
+                }
+            }
         }
-        tracing::info!(id, status, "container exited");
+        tracing::info!(id, exec_id, status, "process exited");
         self.events
             .publish(Event::Exited {
                 id: id.to_string(),
+                exec_id: exec_id.to_string(),
                 status,
                 at,
             })
             .await;
     }
 
-    pub async fn kill(&self, id: &str, signal: u32) -> Result<()> {
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
         let ends_now = {
             let containers = lock(&self.containers);
             let c = containers.get(id).ok_or_else(|| not_found(id))?;
-            if c.phase == Phase::Stopped {
-                return Err(Error::AlreadyFinished(id.to_string()));
+            let p = c.process(id, exec_id)?;
+            if p.phase == Phase::Stopped {
+                return Err(Error::AlreadyFinished(process_name(id, exec_id)));
             }
             if signal == 0 || IGNORED_SIGNALS.contains(&signal) {
                 return Ok(());
             }
-            match (&c.kind, &c.signals) {
-                (Kind::Wasm { serves_http, .. }, Some(signals)) => {
+            match &p.signals {
+                Some(signals) if p.runs_guest => {
                     signals.send_replace(Some(signal));
                     // A guest that ends must give its future back at the next tick to be
                     // dropped; an HTTP server that drains keeps serving meanwhile.
-                    if signal == SIGKILL || !serves_http {
+                    if signal == SIGKILL || !p.serves_http {
                         c.meter.interrupt();
                     }
                     false
                 }
-                // A sandbox, or a container that never started, ends right away.
+                // A sandbox, or a process that never started, ends right away.
                 _ => true,
             }
         };
         if ends_now {
-            self.finish(id, 128 + signal).await;
+            self.finish(id, exec_id, 128 + signal).await;
         }
         Ok(())
     }
 
-    /// Deletes a container that is not running. One still being created is marked, and
-    /// undone when its create ends.
-    pub async fn delete(&self, id: &str) -> Result<Exited> {
+    /// Deletes a container, or one of its execs, that is not running. A container still being
+    /// created is marked, and undone when its create ends.
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<Exited> {
+        if !exec_id.is_empty() {
+            let mut containers = lock(&self.containers);
+            let c = containers.get_mut(id).ok_or_else(|| not_found(id))?;
+            if c.process(id, exec_id)?.phase == Phase::Running {
+                return Err(Error::StillRunning(process_name(id, exec_id)));
+            }
+            let exec = c.execs.remove(exec_id).expect("present");
+            return Ok(exec.exited().unwrap_or(Exited {
+                status: 0,
+                at: SystemTime::now(),
+            }));
+        }
         let c = {
             let mut containers = lock(&self.containers);
             if !containers.contains_key(id) {
@@ -434,7 +571,7 @@ impl<G: Guests> Pod<G> {
                 }
             }
             let c = containers.get(id).ok_or_else(|| not_found(id))?;
-            if c.phase == Phase::Running {
+            if c.init.phase == Phase::Running {
                 return Err(Error::StillRunning(id.to_string()));
             }
             containers.remove(id).expect("present")
@@ -442,7 +579,7 @@ impl<G: Guests> Pod<G> {
         if let Some(r) = &c.mounted_rootfs {
             self.node.unmount(r);
         }
-        let exited = c.exited().unwrap_or(Exited {
+        let exited = c.init.exited().unwrap_or(Exited {
             status: 0,
             at: SystemTime::now(),
         });
@@ -456,31 +593,29 @@ impl<G: Guests> Pod<G> {
         Ok(exited)
     }
 
-    pub fn status(&self, id: &str) -> Result<Status> {
+    pub fn status(&self, id: &str, exec_id: &str) -> Result<Status> {
         let containers = lock(&self.containers);
         let c = containers.get(id).ok_or_else(|| not_found(id))?;
+        let p = c.process(id, exec_id)?;
         Ok(Status {
             bundle: c.bundle.clone(),
-            stdio: c.stdio.clone(),
-            phase: c.phase,
-            exited: c.exited(),
+            stdio: p.stdio.clone(),
+            phase: p.phase,
+            exited: p.exited(),
         })
     }
 
-    /// Waits for a container's end.
-    pub async fn wait(&self, id: &str) -> Result<Exited> {
+    /// Waits for a process's end.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exited> {
         let mut rx = {
             let containers = lock(&self.containers);
-            containers
-                .get(id)
-                .ok_or_else(|| not_found(id))?
-                .exit
-                .subscribe()
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+            c.process(id, exec_id)?.exit.subscribe()
         };
         let exited = rx
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::DeletedWhileWaiting(id.to_string()))?;
+            .map_err(|_| Error::DeletedWhileWaiting(process_name(id, exec_id)))?;
         Ok(exited.expect("waited for Some"))
     }
 
@@ -520,4 +655,8 @@ impl<G: Guests> Pod<G> {
 
 fn not_found(id: &str) -> Error {
     Error::NotFound(id.to_string())
+}
+
+fn exec_not_found(id: &str, exec_id: &str) -> Error {
+    Error::ExecNotFound(format!("{exec_id} of container {id}"))
 }

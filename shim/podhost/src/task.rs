@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::api::{
-    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
-    DeleteResponse, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
-    WaitRequest, WaitResponse,
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
+    PidsResponse, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim_async::Task;
@@ -24,7 +24,7 @@ use wasmpod_image::ImageError;
 use crate::error::Error;
 use crate::events::timestamp;
 use crate::guest::Wasm;
-use crate::pod::{Create, Phase, Pod, Stdio};
+use crate::pod::{Create, Exec, Phase, Pod, Stdio};
 use crate::spec;
 
 /// The ttrpc code containerd gets for an error.
@@ -37,6 +37,8 @@ pub fn code(e: &Error) -> Code {
         | Error::AlreadyFinished(_) => Code::NOT_FOUND,
         Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
         Error::NotStartable { .. }
+        | Error::NotRunning(_)
+        | Error::NothingToExecInto(_)
         | Error::StillRunning(_)
         | Error::Cgroup { .. }
         | Error::Netns { .. } => Code::FAILED_PRECONDITION,
@@ -49,6 +51,11 @@ pub fn code(e: &Error) -> Code {
         | Error::Lookup { .. }
         | Error::Image(ImageError::Invalid(_))
         | Error::Pin(_)
+        | Error::NoExecProcess
+        | Error::ExecMissing { .. }
+        | Error::ExecNotWasm { .. }
+        | Error::ExecLookup { .. }
+        | Error::ExecProcess(_)
         | Error::Compile { .. }
         | Error::StdioScheme(_)
         | Error::Resources(_) => Code::INVALID_ARGUMENT,
@@ -80,15 +87,6 @@ impl TaskService {
     }
 }
 
-/// The pod host runs no execs (`kubectl exec`).
-fn no_exec(exec_id: &str) -> Result<(), Error> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::ExecNotFound(exec_id.to_string()))
-    }
-}
-
 #[async_trait]
 impl Task for TaskService {
     #[tracing::instrument(skip_all, fields(id = %req.id))]
@@ -115,10 +113,9 @@ impl Task for TaskService {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    #[tracing::instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        no_exec(&req.exec_id)?;
-        self.pod.start(&req.id).await?;
+        self.pod.start(&req.id, &req.exec_id).await?;
         Ok(StartResponse {
             pid: self.pod.pid(),
             ..Default::default()
@@ -128,10 +125,10 @@ impl Task for TaskService {
     // containerd polls this: at debug, so that the shim's log keeps to what happens.
     #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        no_exec(&req.exec_id)?;
-        let s = self.pod.status(&req.id)?;
+        let s = self.pod.status(&req.id, &req.exec_id)?;
         Ok(StateResponse {
             id: req.id,
+            exec_id: req.exec_id,
             bundle: s.bundle,
             pid: self.pod.pid(),
             status: match s.phase {
@@ -155,8 +152,7 @@ impl Task for TaskService {
     // containerd polls this: at debug, so that the shim's log keeps to what happens.
     #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let exited = self.pod.wait(&req.id).await?;
+        let exited = self.pod.wait(&req.id, &req.exec_id).await?;
         Ok(WaitResponse {
             exit_status: exited.status,
             exited_at: MessageField::some(timestamp(exited.at)),
@@ -164,17 +160,15 @@ impl Task for TaskService {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id, signal = req.signal))]
+    #[tracing::instrument(skip_all, fields(id = %req.id, exec = %req.exec_id, signal = req.signal))]
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        no_exec(&req.exec_id)?;
-        self.pod.kill(&req.id, req.signal).await?;
+        self.pod.kill(&req.id, &req.exec_id, req.signal).await?;
         Ok(Empty::new())
     }
 
-    #[tracing::instrument(skip_all, fields(id = %req.id))]
+    #[tracing::instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        no_exec(&req.exec_id)?;
-        let exited = self.pod.delete(&req.id).await?;
+        let exited = self.pod.delete(&req.id, &req.exec_id).await?;
         Ok(DeleteResponse {
             pid: self.pod.pid(),
             exit_status: exited.status,
@@ -186,7 +180,7 @@ impl Task for TaskService {
     // containerd polls this: at debug, so that the shim's log keeps to what happens.
     #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id))]
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        self.pod.status(&req.id)?;
+        self.pod.status(&req.id, "")?;
         Ok(PidsResponse {
             processes: vec![ProcessInfo {
                 pid: self.pod.pid(),
@@ -245,6 +239,37 @@ impl Task for TaskService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })
+    }
+
+    /// `kubectl exec`: another Wasm program of the container, in the container's context.
+    #[tracing::instrument(skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let process = match req.spec.as_ref() {
+            Some(any) => Some(serde_json::from_slice(&any.value).map_err(Error::ExecProcess)?),
+            None => None,
+        };
+        self.pod
+            .exec(Exec {
+                id: req.id,
+                exec_id: req.exec_id,
+                process,
+                stdio: Stdio {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                },
+                terminal: req.terminal,
+            })
+            .await?;
+        Ok(Empty::new())
+    }
+
+    /// containerd closes a process's stdin when its side is done; the guest sees the FIFO's
+    /// end of file once containerd has closed its end, so there is nothing to do here.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %req.id, exec = %req.exec_id))]
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        self.pod.status(&req.id, &req.exec_id)?;
+        Ok(Empty::new())
     }
 
     /// UpdateContainerResources (in-place pod resize).

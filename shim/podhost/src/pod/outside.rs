@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::spec::Spec;
 
 /// What the pod tells containerd, in the order containerd expects: a container's create,
-/// start, OOM, exit and delete.
+/// start, OOM, exit and delete; an exec's add, start and exit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Created {
@@ -30,14 +30,21 @@ pub enum Event {
         stdio: Stdio,
         terminal: bool,
     },
+    ExecAdded {
+        id: String,
+        exec_id: String,
+    },
+    /// A container's init (empty `exec_id`) or exec started.
     Started {
         id: String,
+        exec_id: String,
     },
     OutOfMemory {
         id: String,
     },
     Exited {
         id: String,
+        exec_id: String,
         status: u32,
         at: SystemTime,
     },
@@ -103,6 +110,17 @@ pub trait Guests: Send + Sync + 'static {
     async fn prepare(
         &self,
         id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        stdio: &Stdio,
+    ) -> Result<Prepared<Self::Guest>, Error>;
+
+    /// An exec's module (a file of the container's root or mounts, never an artifact layer),
+    /// compiled, with the context of the exec's process (`spec` has it as its process).
+    /// `name` is the process's name for messages.
+    async fn prepare_exec(
+        &self,
+        name: &str,
         spec: &Spec,
         rootfs: &Path,
         stdio: &Stdio,

@@ -40,11 +40,26 @@ impl Events for Recorder {
     async fn publish(&self, event: Event) {
         self.0.push(match event {
             Event::Created { id, .. } => format!("created {id}"),
-            Event::Started { id } => format!("started {id}"),
+            Event::ExecAdded { id, exec_id } => format!("exec-added {id} {exec_id}"),
+            Event::Started { id, exec_id } => format!("started {}", who(&id, &exec_id)),
             Event::OutOfMemory { id } => format!("oom {id}"),
-            Event::Exited { id, status, .. } => format!("exited {id} {status}"),
+            Event::Exited {
+                id,
+                exec_id,
+                status,
+                ..
+            } => format!("exited {} {status}", who(&id, &exec_id)),
             Event::Deleted { id, status, .. } => format!("deleted {id} {status}"),
         });
+    }
+}
+
+/// A process as the tests' logs name it: `app`, or `app/e1` for an exec.
+fn who(id: &str, exec_id: &str) -> String {
+    if exec_id.is_empty() {
+        id.to_string()
+    } else {
+        format!("{id}/{exec_id}")
     }
 }
 
@@ -142,6 +157,25 @@ impl Guests for FakeGuests {
         self.log.push(format!("compiled {id}"));
         Ok(Prepared {
             guest: script,
+            serves_http: false,
+        })
+    }
+
+    async fn prepare_exec(
+        &self,
+        name: &str,
+        spec: &spec::Spec,
+        _: &Path,
+        _: &Stdio,
+    ) -> Result<Prepared<Script>> {
+        // The exec's first argument says how it ends: a status, or "wait" for a signal.
+        let arg = spec::args(spec).first().cloned().unwrap_or_default();
+        self.log.push(format!("compiled {name}"));
+        Ok(Prepared {
+            guest: Script {
+                exit: arg.parse().ok(),
+                ..Default::default()
+            },
             serves_http: false,
         })
     }
@@ -257,34 +291,34 @@ impl Fixture {
 }
 
 fn phase(f: &Fixture, id: &str) -> Phase {
-    f.pod.status(id).unwrap().phase
+    f.pod.status(id, "").unwrap().phase
 }
 
 #[tokio::test]
 async fn a_pod_runs_and_the_shim_goes_with_its_last_container() {
     let f = fixture();
     f.pod.create(f.create("sb", true)).await.unwrap();
-    f.pod.start("sb").await.unwrap();
+    f.pod.start("sb", "").await.unwrap();
     f.script(Script {
         exit: Some(0),
         ..Default::default()
     });
     f.pod.create(f.create("app", false)).await.unwrap();
-    f.pod.start("app").await.unwrap();
-    assert_eq!(f.pod.wait("app").await.unwrap().status, 0);
+    f.pod.start("app", "").await.unwrap();
+    assert_eq!(f.pod.wait("app", "").await.unwrap().status, 0);
     assert_eq!(phase(&f, "app"), Phase::Stopped);
     assert_eq!(
         f.log.take(),
         ["join /kubepods/pod1/sb", "mount app", "compiled app", "run"]
     );
 
-    f.pod.delete("app").await.unwrap();
+    f.pod.delete("app", "").await.unwrap();
     assert_eq!(f.log.take(), ["unmount app"]);
     f.pod.exit_if_idle();
     assert!(!f.exited().await, "the sandbox still holds the pod");
 
-    f.pod.kill("sb", libc::SIGKILL as u32).await.unwrap();
-    assert_eq!(f.pod.delete("sb").await.unwrap().status, 137);
+    f.pod.kill("sb", "", libc::SIGKILL as u32).await.unwrap();
+    assert_eq!(f.pod.delete("sb", "").await.unwrap().status, 137);
     f.pod.exit_if_idle();
     assert!(f.exited().await);
     assert_eq!(f.log.take(), ["leave"]);
@@ -307,29 +341,29 @@ async fn a_pod_runs_and_the_shim_goes_with_its_last_container() {
 async fn a_running_command_stops_on_sigterm_and_only_then_can_be_deleted() {
     let f = fixture();
     f.pod.create(f.create("app", false)).await.unwrap();
-    f.pod.start("app").await.unwrap();
+    f.pod.start("app", "").await.unwrap();
     assert_eq!(phase(&f, "app"), Phase::Running);
-    let e = f.pod.delete("app").await.unwrap_err();
+    let e = f.pod.delete("app", "").await.unwrap_err();
     assert_eq!(code(&e), Code::FAILED_PRECONDITION, "{e}");
     assert!(matches!(e, Error::StillRunning(_)));
 
     // Signals a guest cannot act on change nothing.
     for signal in [0, libc::SIGWINCH as u32, libc::SIGCHLD as u32] {
-        f.pod.kill("app", signal).await.unwrap();
+        f.pod.kill("app", "", signal).await.unwrap();
     }
     assert_eq!(phase(&f, "app"), Phase::Running);
 
-    f.pod.kill("app", SIGTERM).await.unwrap();
-    assert_eq!(f.pod.wait("app").await.unwrap().status, 143);
+    f.pod.kill("app", "", SIGTERM).await.unwrap();
+    assert_eq!(f.pod.wait("app", "").await.unwrap().status, 143);
     assert!(f.log.take().contains(&"signalled 15".to_string()));
-    let e = f.pod.kill("app", SIGTERM).await.unwrap_err();
+    let e = f.pod.kill("app", "", SIGTERM).await.unwrap_err();
     assert_eq!(
         code(&e),
         Code::NOT_FOUND,
         "containerd reads this as gone: {e}"
     );
-    f.pod.delete("app").await.unwrap();
-    let e = f.pod.status("app").unwrap_err();
+    f.pod.delete("app", "").await.unwrap();
+    let e = f.pod.status("app", "").unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND);
 }
 
@@ -337,16 +371,16 @@ async fn a_running_command_stops_on_sigterm_and_only_then_can_be_deleted() {
 async fn a_container_killed_before_start_ends_at_once_and_never_starts() {
     let f = fixture();
     f.pod.create(f.create("app", false)).await.unwrap();
-    f.pod.kill("app", SIGTERM).await.unwrap();
-    assert_eq!(f.pod.wait("app").await.unwrap().status, 143);
-    let e = f.pod.start("app").await.unwrap_err();
+    f.pod.kill("app", "", SIGTERM).await.unwrap();
+    assert_eq!(f.pod.wait("app", "").await.unwrap().status, 143);
+    let e = f.pod.start("app", "").await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "container app cannot start: it is Stopped",
         "{e}"
     );
     assert_eq!(code(&e), Code::FAILED_PRECONDITION);
-    assert_eq!(f.pod.delete("app").await.unwrap().status, 143);
+    assert_eq!(f.pod.delete("app", "").await.unwrap().status, 143);
     assert!(
         !f.log.take().contains(&"run".to_string()),
         "the guest never ran"
@@ -368,7 +402,7 @@ async fn a_create_containerd_gave_up_on_is_undone_when_it_ends() {
     });
     f.pod.guests.compile.entered.notified().await;
     // containerd's create timed out: it deletes what it asked for, then shuts the shim down.
-    let e = f.pod.delete("app").await.unwrap_err();
+    let e = f.pod.delete("app", "").await.unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND);
     f.pod.exit_if_idle();
     assert!(!f.exited().await, "a container is still being created");
@@ -379,7 +413,7 @@ async fn a_create_containerd_gave_up_on_is_undone_when_it_ends() {
     assert_eq!(f.log.take(), ["mount app", "compiled app", "unmount app"]);
     assert!(f.exited().await, "nothing is left to keep the shim");
     assert!(f.events.take().is_empty(), "containerd is told of nothing");
-    assert_eq!(code(&f.pod.status("app").unwrap_err()), Code::NOT_FOUND);
+    assert_eq!(code(&f.pod.status("app", "").unwrap_err()), Code::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -388,9 +422,9 @@ async fn a_delete_during_start_wins_and_the_guest_never_runs() {
     f.pod.create(f.create("app", false)).await.unwrap();
     f.pod.guests.ready.close();
     let pod = f.pod.clone();
-    let start = tokio::spawn(async move { pod.start("app").await });
+    let start = tokio::spawn(async move { pod.start("app", "").await });
     f.pod.guests.ready.entered.notified().await;
-    f.pod.delete("app").await.unwrap();
+    f.pod.delete("app", "").await.unwrap();
     f.pod.guests.ready.open();
     let e = start.await.unwrap().unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
@@ -408,7 +442,7 @@ async fn a_failed_create_leaves_nothing_behind() {
     let e = f.pod.create(f.create("app", false)).await.unwrap_err();
     assert_eq!(code(&e), Code::INVALID_ARGUMENT, "{e}");
     assert_eq!(f.log.take(), ["mount app", "unmount app"]);
-    assert_eq!(code(&f.pod.status("app").unwrap_err()), Code::NOT_FOUND);
+    assert_eq!(code(&f.pod.status("app", "").unwrap_err()), Code::NOT_FOUND);
     // containerd may try the same id again.
     f.script(Script::default());
     f.pod.create(f.create("app", false)).await.unwrap();
@@ -451,8 +485,8 @@ async fn an_out_of_memory_end_is_told_before_the_exit() {
         ..Default::default()
     });
     f.pod.create(f.create("app", false)).await.unwrap();
-    f.pod.start("app").await.unwrap();
-    assert_eq!(f.pod.wait("app").await.unwrap().status, 137);
+    f.pod.start("app", "").await.unwrap();
+    assert_eq!(f.pod.wait("app", "").await.unwrap().status, 137);
     // The exit event is published after the state changes; wait for it.
     for _ in 0..100 {
         if f.events.0.lock().unwrap().len() == 4 {
@@ -471,9 +505,99 @@ async fn a_wait_ends_when_the_container_is_deleted_instead() {
     let f = fixture();
     f.pod.create(f.create("app", false)).await.unwrap();
     let pod = f.pod.clone();
-    let wait = tokio::spawn(async move { pod.wait("app").await });
+    let wait = tokio::spawn(async move { pod.wait("app", "").await });
     tokio::task::yield_now().await;
-    f.pod.delete("app").await.unwrap();
+    f.pod.delete("app", "").await.unwrap();
     let e = wait.await.unwrap().unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
+}
+
+fn exec(id: &str, exec_id: &str, arg: &str) -> Exec {
+    let process = serde_json::json!({"args": [arg], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    Exec {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        process: Some(serde_json::from_value(process).unwrap()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_exec_runs_beside_the_container_and_is_deleted_on_its_own() {
+    let f = fixture();
+    f.pod.create(f.create("app", false)).await.unwrap();
+    f.pod.start("app", "").await.unwrap();
+    f.pod.exec(exec("app", "e1", "3")).await.unwrap();
+    assert_eq!(f.pod.status("app", "e1").unwrap().phase, Phase::Created);
+    f.pod.start("app", "e1").await.unwrap();
+    assert_eq!(f.pod.wait("app", "e1").await.unwrap().status, 3);
+    assert_eq!(phase(&f, "app"), Phase::Running, "the container runs on");
+
+    f.pod.exec(exec("app", "e2", "wait")).await.unwrap();
+    f.pod.start("app", "e2").await.unwrap();
+    let e = f.pod.delete("app", "e2").await.unwrap_err();
+    assert_eq!(code(&e), Code::FAILED_PRECONDITION, "{e}");
+    f.pod.kill("app", "e2", SIGTERM).await.unwrap();
+    assert_eq!(f.pod.wait("app", "e2").await.unwrap().status, 143);
+    assert_eq!(
+        phase(&f, "app"),
+        Phase::Running,
+        "a signal to an exec is the exec's"
+    );
+    assert_eq!(f.pod.delete("app", "e2").await.unwrap().status, 143);
+    let e = f.pod.status("app", "e2").unwrap_err();
+    assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
+    assert_eq!(e.to_string(), "exec e2 of container app not found");
+    assert_eq!(
+        f.events.take(),
+        [
+            "created app",
+            "started app",
+            "exec-added app e1",
+            "started app/e1",
+            "exited app/e1 3",
+            "exec-added app e2",
+            "started app/e2",
+            "exited app/e2 143",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_container_s_end_ends_its_execs() {
+    let f = fixture();
+    f.pod.create(f.create("app", false)).await.unwrap();
+    f.pod.start("app", "").await.unwrap();
+    f.pod.exec(exec("app", "e1", "wait")).await.unwrap();
+    f.pod.start("app", "e1").await.unwrap();
+    f.pod.exec(exec("app", "e2", "wait")).await.unwrap();
+    f.pod.kill("app", "", SIGTERM).await.unwrap();
+    assert_eq!(f.pod.wait("app", "").await.unwrap().status, 143);
+    assert_eq!(f.pod.wait("app", "e1").await.unwrap().status, 137);
+    let e = f.pod.start("app", "e2").await.unwrap_err();
+    assert_eq!(code(&e), Code::FAILED_PRECONDITION, "{e}");
+    assert_eq!(e.to_string(), "container app is not running");
+}
+
+#[tokio::test]
+async fn an_exec_needs_a_running_wasm_container_and_an_id_of_its_own() {
+    let f = fixture();
+    f.pod.create(f.create("sb", true)).await.unwrap();
+    f.pod.start("sb", "").await.unwrap();
+    let e = f.pod.exec(exec("sb", "e1", "0")).await.unwrap_err();
+    assert_eq!(code(&e), Code::FAILED_PRECONDITION, "{e}");
+
+    f.pod.create(f.create("app", false)).await.unwrap();
+    let e = f.pod.exec(exec("app", "e1", "0")).await.unwrap_err();
+    assert_eq!(code(&e), Code::FAILED_PRECONDITION, "not started yet: {e}");
+    f.pod.start("app", "").await.unwrap();
+    f.pod.exec(exec("app", "e1", "0")).await.unwrap();
+    let e = f.pod.exec(exec("app", "e1", "0")).await.unwrap_err();
+    assert_eq!(code(&e), Code::ALREADY_EXISTS, "{e}");
+    let e = f.pod.exec(exec("nope", "e1", "0")).await.unwrap_err();
+    assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
+    let mut tty = exec("app", "e3", "0");
+    tty.terminal = true;
+    let e = f.pod.exec(tty).await.unwrap_err();
+    assert_eq!(code(&e), Code::INVALID_ARGUMENT, "{e}");
 }
