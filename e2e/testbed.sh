@@ -226,7 +226,21 @@ cmd_install() {
 	for t in wasm32-wasip1 wasm32-wasip2; do
 		grep -qx "$t" <<<"$targets" || rustup target add "$t"
 	done
+	otlp_venv
 	cmd_fetch
+}
+
+# The test OTLP receiver's Python (e2e/otlp_receiver.py): a venv with OpenTelemetry's proto
+# package, pinned; made again when the requirements change.
+otlp_venv() {
+	local venv=$TB/otlp-venv req=$ROOT/e2e/otlp-requirements.txt
+	if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
+		log "installing the OTLP receiver's Python packages"
+		rm -rf "$venv"
+		python3 -m venv "$venv"
+		"$venv/bin/pip" install -q -r "$req"
+		cp "$req" "$venv/requirements.txt"
+	fi
 }
 
 cmd_images() {
@@ -500,6 +514,7 @@ export WASMPOD_CTR=$TB/containerd-$v/usr/bin/ctr
 export WASMPOD_RUN_DIR=$d
 export WASMPOD_CACHE_DIR=$d/cache
 export WASMPOD_REGISTRY=$REGISTRY
+export WASMPOD_OTLP_PYTHON=$TB/otlp-venv/bin/python
 EOF
 }
 

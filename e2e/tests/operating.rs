@@ -254,3 +254,153 @@ async fn an_exec_past_its_timeout_is_stopped() {
     assert!(out.contains("args: after"), "{out}");
     cri.remove_pod(&pod).await.unwrap();
 }
+
+/// The test's OTLP receiver (`e2e/otlp_receiver.py`, checking every body against
+/// OpenTelemetry's protobuf definitions), stopped when dropped.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(bed: &Bed) -> Receiver {
+        let python = std::env::var("WASMPOD_OTLP_PYTHON").expect("the test bed's env");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        // A directory of the test's own (scratch is made fresh for each caller).
+        let out = bed.scratch("otlp").join("spans.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the OTLP receiver starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "listening");
+        Receiver { child, port, out }
+    }
+
+    fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The node's OTLP settings file, as the operator (or the installer) writes it; removed again
+/// when dropped, also when the test fails.
+struct NodeSettings;
+
+impl NodeSettings {
+    const PATH: &str = "/etc/wasmpod/otel.env";
+
+    fn write(text: &str) -> NodeSettings {
+        assert!(
+            !Path::new(Self::PATH).exists(),
+            "{} exists already: not the test's to replace",
+            Self::PATH
+        );
+        std::fs::create_dir_all("/etc/wasmpod").unwrap();
+        std::fs::write(Self::PATH, text).unwrap();
+        NodeSettings
+    }
+}
+
+impl Drop for NodeSettings {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(Self::PATH);
+        let _ = std::fs::remove_dir("/etc/wasmpod");
+    }
+}
+
+/// With an OTLP endpoint configured for the node, a pod's lifecycle calls (create, start,
+/// kill, delete), its container's compile (module, bytes, cache hit or miss) and its exit are
+/// spans on a real OTLP receiver, each naming the container and the pod.
+#[tokio::test]
+async fn lifecycle_calls_and_compiles_are_exported_as_otlp_spans() {
+    let (bed, mut cri) = connect().await;
+    let receiver = Receiver::start(&bed);
+    let _settings = NodeSettings::write(&format!(
+        "# written by e2e/tests/operating.rs\nOTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{}\n\
+         OTEL_RESOURCE_ATTRIBUTES=k8s.node.name=e2e-node\n",
+        receiver.port
+    ));
+    let pod = cri.run_pod(&bed, "traced", HANDLER).await.unwrap();
+    let id = cri
+        .run(&pod, ContainerSpec::wasm("app", "hello.wasm", &[]))
+        .await
+        .expect("create+start");
+    let st = cri.wait_exited(&id, EXIT_WAIT).await.unwrap();
+    assert_eq!(st.exit_code, 0);
+    cri.remove_pod(&pod).await.unwrap();
+    // The shim sends what is left when the pod is gone.
+    let ours = |s: &serde_json::Value| s["resource"]["wasmpod.sandbox.id"] == pod.id.as_str();
+    let want = ["create", "compile", "start", "exit", "delete"];
+    let complete = eventually(std::time::Duration::from_secs(20), || {
+        let spans = receiver.spans();
+        want.iter().all(|name| {
+            spans
+                .iter()
+                .any(|s| ours(s) && s["name"] == *name && s["attributes"]["container.id"] == id)
+        })
+    })
+    .await;
+    let spans: Vec<_> = receiver.spans().into_iter().filter(ours).collect();
+    assert!(complete, "spans of {id}: {spans:#?}");
+    let app: Vec<_> = spans
+        .iter()
+        .filter(|s| s["attributes"]["container.id"] == id)
+        .collect();
+    let span = |name: &str| *app.iter().find(|s| s["name"] == name).unwrap();
+    let compile = span("compile");
+    assert_eq!(compile["attributes"]["module"], "/hello.wasm", "{compile}");
+    let bytes: u64 = compile["attributes"]["bytes"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 1000, "{compile}");
+    assert!(
+        ["Hit", "Compiled"].contains(&compile["attributes"]["cache"].as_str().unwrap()),
+        "{compile}"
+    );
+    // The compile is part of the create that asked for it.
+    let create = span("create");
+    assert_eq!(compile["traceId"], create["traceId"]);
+    assert_eq!(compile["parentSpanId"], create["spanId"]);
+    assert_eq!(span("exit")["attributes"]["status"], "0");
+    for s in &app {
+        assert_eq!(s["resource"]["k8s.pod.name"], "traced", "{s}");
+        assert_eq!(s["resource"]["k8s.namespace.name"], "wasmpod-e2e", "{s}");
+        assert_eq!(s["resource"]["k8s.node.name"], "e2e-node", "{s}");
+        assert_eq!(s["resource"]["service.name"], "wasmpod-shim", "{s}");
+        assert_eq!(s["status"]["code"], 1, "{s}");
+        assert!(s["end"].as_u64() >= s["start"].as_u64(), "{s}");
+    }
+    // The sandbox's calls are there too.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "kill" && s["attributes"]["container.id"] == pod.id.as_str()),
+        "{spans:#?}"
+    );
+}

@@ -62,7 +62,22 @@ impl Wasm {
         stdio: &Stdio,
     ) -> Result<Prepared<Guest>, Error> {
         let engine = self.engine()?;
-        let compiled = tokio::task::spawn_blocking(move || engine.compile_cached(&bytes)).await;
+        let span = tracing::info_span!(
+            "compile",
+            id,
+            module = %name,
+            bytes = bytes.len(),
+            cache = tracing::field::Empty
+        );
+        let compiled = tracing::Instrument::instrument(
+            tokio::task::spawn_blocking(move || engine.compile_cached(&bytes)),
+            span.clone(),
+        )
+        .await;
+        if let Ok(Ok((_, outcome))) = &compiled {
+            span.record("cache", tracing::field::debug(outcome));
+        }
+        drop(span);
         let (program, outcome) = compiled
             .map_err(|e| Error::Internal(format!("compiling module {name}: {e}")))?
             .map_err(|source| Error::Compile {

@@ -22,6 +22,7 @@ mod shim;
 mod spec;
 mod stdio;
 mod task;
+mod traces;
 
 pub use shim::{PodShim, RUNTIME_TYPE};
 pub use task::TaskService;

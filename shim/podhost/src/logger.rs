@@ -34,14 +34,32 @@ const QUIET: &[&str] = &[
     "pulley",
 ];
 
-/// Installs the logger for the shim daemon (not for the `start`/`delete` commands).
-pub fn init(debug: bool) -> std::io::Result<()> {
+/// Installs the logger for the shim daemon (not for the `start`/`delete` commands), and the
+/// OTLP exporter when one is configured (`traces.rs`); `pod` are the resource attributes of
+/// the pod the shim serves.
+pub fn init(debug: bool, pod: Vec<(String, String)>) -> std::io::Result<()> {
     let file = OpenOptions::new().write(true).open("log")?;
     let level = level(std::env::var(LOG_LEVEL_VAR).ok().as_deref(), debug);
+    // The exporter's settings are read before the subscriber exists: a bad one is said in
+    // the log once it does.
+    let (otlp, otlp_error) = match crate::traces::settings() {
+        Ok(Some(config)) => match crate::traces::Otlp::start(config, pod) {
+            Ok(layer) => (Some(layer), None),
+            Err(e) => (None, Some(format!("cannot start the OTLP exporter: {e}"))),
+        },
+        Ok(None) => (None, None),
+        Err(e) => (None, Some(format!("traces are not exported: {e}"))),
+    };
+    let traced = Targets::new().with_target("wasmpod_shim", Level::INFO);
     tracing_subscriber::registry()
         .with(Logfmt::new(file).with_filter(filter(level)))
+        .with(otlp.with_filter(traced))
         .try_init()
-        .map_err(std::io::Error::other)
+        .map_err(std::io::Error::other)?;
+    if let Some(e) = otlp_error {
+        tracing::warn!("{e}");
+    }
+    Ok(())
 }
 
 /// The level the environment asks for, else containerd's.

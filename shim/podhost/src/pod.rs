@@ -469,12 +469,25 @@ impl<G: Guests> Pod<G> {
             let (id, exec_id) = (id.to_string(), exec_id.to_string());
             tokio::spawn(async move {
                 let ended = running.await;
-                if ended.oom {
-                    pod.events
-                        .publish(Event::OutOfMemory { id: id.clone() })
-                        .await;
-                }
-                pod.finish(&id, &exec_id, ended.status).await;
+                let span = tracing::info_span!(
+                    "exit",
+                    id,
+                    exec = exec_id,
+                    status = ended.status,
+                    oom = ended.oom
+                );
+                tracing::Instrument::instrument(
+                    async {
+                        if ended.oom {
+                            pod.events
+                                .publish(Event::OutOfMemory { id: id.clone() })
+                                .await;
+                        }
+                        pod.finish(&id, &exec_id, ended.status).await;
+                    },
+                    span,
+                )
+                .await;
             });
         }
         Ok(())

@@ -42,7 +42,7 @@ impl Shim for PodShim {
             // SAFETY: mallopt only tunes the allocator; called before the daemon's threads
             // allocate in earnest.
             unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-            if let Err(e) = crate::logger::init(args.debug) {
+            if let Err(e) = crate::logger::init(args.debug, pod_attributes(&args.id)) {
                 eprintln!("cannot open the shim log: {e}");
             }
             raise_open_files_limit();
@@ -93,6 +93,8 @@ impl Shim for PodShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // The pod is gone: what it traced is sent before the process ends.
+        tokio::task::spawn_blocking(crate::traces::flush).await.ok();
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
@@ -105,6 +107,25 @@ impl Shim for PodShim {
             self.exit.clone(),
         ))
     }
+}
+
+/// What traces say of the pod this shim serves: the sandbox's id and, from CRI's annotations
+/// on the sandbox's spec (the daemon starts in the sandbox's bundle), the pod's name,
+/// namespace and uid.
+fn pod_attributes(sandbox: &str) -> Vec<(String, String)> {
+    let mut out = vec![("wasmpod.sandbox.id".to_string(), sandbox.to_string())];
+    let spec = spec::load(Path::new(".")).ok();
+    let annotations = spec.as_ref().and_then(|s| s.annotations().as_ref());
+    for (key, attribute) in [
+        ("io.kubernetes.cri.sandbox-name", "k8s.pod.name"),
+        ("io.kubernetes.cri.sandbox-namespace", "k8s.namespace.name"),
+        ("io.kubernetes.cri.sandbox-uid", "k8s.pod.uid"),
+    ] {
+        if let Some(v) = annotations.and_then(|a| a.get(key)) {
+            out.push((attribute.to_string(), v.clone()));
+        }
+    }
+    out
 }
 
 /// The pod's containers share this process's descriptors, and each is held to its own
