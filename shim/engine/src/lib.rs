@@ -9,6 +9,7 @@ mod host_memory;
 mod http;
 mod identity;
 mod meter;
+mod stop;
 mod ticker;
 
 use std::fs::File;
@@ -28,6 +29,7 @@ pub use http::{HttpConfig, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 pub use identity::Identity;
 pub use meter::{host_reserve, Limits, MemorySource, Meter, ProcessMemory, PROCESS_MARGIN};
 use meter::{TaskClock, Turn};
+pub use stop::{signal_status, Ended, Stop, StopSignal, OOM_EXIT_STATUS};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -37,7 +39,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Exit status of a guest that trapped, the same as the `wasmtime` CLI reports (128 + SIGABRT).
-pub const TRAP_EXIT_STATUS: i32 = 134;
+pub const TRAP_EXIT_STATUS: i32 = signal_status(libc::SIGABRT);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -136,11 +138,12 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The exit status users see (see [`Ended`], which also says how a stop ended a guest).
     pub fn status(&self) -> i32 {
         match self {
             Exit::Code(c) => *c,
             Exit::Trap(_) => TRAP_EXIT_STATUS,
-            Exit::OutOfMemory => 128 + libc::SIGKILL,
+            Exit::OutOfMemory => OOM_EXIT_STATUS,
         }
     }
 }
