@@ -219,7 +219,9 @@ impl Engine {
         Ok(e)
     }
 
-    /// The engine with its compile cache in `dir`.
+    /// The engine with its compile cache in `dir`. The hosts take the node's
+    /// (`Engine::new`); a cache of its own is for tests, which must not share the node's.
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_cache_dir(dir: &std::path::Path) -> Result<Self, EngineError> {
         let mut e = Engine::uncached()?;
         e.cache = Some(cache::Cache::open(
@@ -492,6 +494,9 @@ impl Engine {
         }
     }
 
+    /// The wasmtime engine underneath, for tests that make what the engine itself must refuse
+    /// (precompiled artifacts); hosts reach wasmtime only through this crate's API.
+    #[cfg(any(test, feature = "testing"))]
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.engine
     }
