@@ -25,7 +25,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::Outcome;
-pub use http::{HttpConfig, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
+pub use http::{HttpConfig, HttpConfigError, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 pub use identity::Identity;
 pub use meter::{host_reserve, Limits, MemorySource, Meter, ProcessMemory, PROCESS_MARGIN};
 use meter::{TaskClock, Turn};
