@@ -26,7 +26,7 @@ use crate::oom;
 pub const RUNTIME_NAME: &str = "wasmtime-isolated";
 
 /// The status reported when the process's end could not be observed (as a SIGKILL).
-const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
+const UNKNOWN_EXIT: u32 = wasmpod_engine::signal_status(libc::SIGKILL) as u32;
 
 pub struct Isolated {
     id: String,
