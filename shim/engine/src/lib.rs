@@ -9,6 +9,7 @@ mod host_memory;
 mod http;
 mod identity;
 mod meter;
+mod stop;
 mod ticker;
 
 use std::fs::File;
@@ -24,10 +25,11 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::Outcome;
-pub use http::{HttpConfig, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
+pub use http::{HttpConfig, HttpConfigError, HTTP_ADDRESS, HTTP_REQUEST_TIMEOUT};
 pub use identity::Identity;
 pub use meter::{host_reserve, Limits, MemorySource, Meter, ProcessMemory, PROCESS_MARGIN};
 use meter::{TaskClock, Turn};
+pub use stop::{signal_status, Ended, Stop, StopSignal, OOM_EXIT_STATUS};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -37,7 +39,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Exit status of a guest that trapped, the same as the `wasmtime` CLI reports (128 + SIGABRT).
-pub const TRAP_EXIT_STATUS: i32 = 134;
+pub const TRAP_EXIT_STATUS: i32 = signal_status(libc::SIGABRT);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -136,11 +138,12 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The exit status users see (see [`Ended`], which also says how a stop ended a guest).
     pub fn status(&self) -> i32 {
         match self {
             Exit::Code(c) => *c,
             Exit::Trap(_) => TRAP_EXIT_STATUS,
-            Exit::OutOfMemory => 128 + libc::SIGKILL,
+            Exit::OutOfMemory => OOM_EXIT_STATUS,
         }
     }
 }
@@ -216,7 +219,9 @@ impl Engine {
         Ok(e)
     }
 
-    /// The engine with its compile cache in `dir`.
+    /// The engine with its compile cache in `dir`. The hosts take the node's
+    /// (`Engine::new`); a cache of its own is for tests, which must not share the node's.
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_cache_dir(dir: &std::path::Path) -> Result<Self, EngineError> {
         let mut e = Engine::uncached()?;
         e.cache = Some(cache::Cache::open(
@@ -489,6 +494,9 @@ impl Engine {
         }
     }
 
+    /// The wasmtime engine underneath, for tests that make what the engine itself must refuse
+    /// (precompiled artifacts); hosts reach wasmtime only through this crate's API.
+    #[cfg(any(test, feature = "testing"))]
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.engine
     }

@@ -140,6 +140,12 @@ impl Meter {
         self.interrupted.store(true, Ordering::Relaxed);
     }
 
+    /// Whether [`Meter::interrupt`] was called (what a stop's tests check of it).
+    #[cfg(test)]
+    pub(crate) fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
     /// CPU time of the guest's finished polls (at most one epoch tick behind).
     pub fn cpu_ns(&self) -> u64 {
         self.cpu_ns.load(Ordering::Relaxed)

@@ -478,3 +478,234 @@ fn a_guest_reading_a_silent_stdin_parks_no_thread() {
     stopped_on_one_thread(&wat(DRAIN_STDIN), ctx);
     drop(writer);
 }
+
+/// Runs `bytes` to its end on a runtime of one thread (so a guest holding its poll would hold
+/// the stop too), sending `signal` from another thread after 200 ms if given.
+fn run_stopped(bytes: &[u8], meter: Meter, http: HttpConfig, signal: Option<i32>) -> Ended {
+    let e = Arc::new(engine());
+    let program = e.compile(bytes).expect("compile");
+    let meter = Arc::new(meter);
+    let (stop, stopped) = Stop::new(&program, meter.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let killer = signal.map(|signal| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            stop.send(signal);
+        })
+    });
+    let started = std::time::Instant::now();
+    let ended = rt.block_on(e.run_to_end(&program, GuestContext::default(), meter, http, stopped));
+    assert!(started.elapsed() < Duration::from_secs(5), "{ended:?}");
+    if let Some(k) = killer {
+        k.join().unwrap();
+    }
+    ended
+}
+
+#[test]
+fn a_spinning_command_ends_at_once_on_sigterm_and_sigkill() {
+    for (signal, status) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGKILL, 137),
+        (libc::SIGINT, 130),
+    ] {
+        let ended = run_stopped(
+            &wat(SPIN),
+            Meter::default(),
+            HttpConfig::default(),
+            Some(signal),
+        );
+        assert_eq!(
+            ended,
+            Ended {
+                status,
+                oom: false,
+                signal: Some(signal)
+            }
+        );
+    }
+}
+
+#[test]
+fn a_command_that_exits_by_itself_gives_its_own_status() {
+    const EXIT_3: &str = r#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (call $exit (i32.const 3))))"#;
+    let ended = run_stopped(&wat(EXIT_3), Meter::default(), HttpConfig::default(), None);
+    assert_eq!(
+        ended,
+        Ended {
+            status: 3,
+            oom: false,
+            signal: None
+        }
+    );
+    let ended = run_stopped(&wat(TRAP), Meter::default(), HttpConfig::default(), None);
+    assert_eq!(ended.status, TRAP_EXIT_STATUS);
+    assert_eq!(TRAP_EXIT_STATUS, 134);
+}
+
+#[test]
+fn a_denied_grow_ends_as_an_oom_kill() {
+    // Grows by 160 pages (10 MiB) under a 4 MiB limit and traps when refused, as a guest
+    // whose allocator aborts does.
+    const GROW: &str = r#"(module
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (if (i32.eq (memory.grow (i32.const 160)) (i32.const -1)) (then unreachable))))"#;
+    let meter = Meter::new(Limits {
+        memory: Some(4 << 20),
+        ..Default::default()
+    });
+    let ended = run_stopped(&wat(GROW), meter, HttpConfig::default(), None);
+    assert_eq!(
+        ended,
+        Ended {
+            status: 137,
+            oom: true,
+            signal: None
+        }
+    );
+}
+
+/// A `wasi:http` handler that never gets a request here: what matters is how it stops.
+const HANDLER: &str = r#"(component
+  (import "wasi:http/types@0.2.12" (instance $types
+    (export "incoming-request" (type (sub resource)))
+    (export "response-outparam" (type (sub resource)))))
+  (alias export $types "incoming-request" (type $request))
+  (alias export $types "response-outparam" (type $out))
+  (core module $m (func (export "handle") (param i32 i32)))
+  (core instance $i (instantiate $m))
+  (func $handle (param "request" (own $request)) (param "response-out" (own $out))
+    (canon lift (core func $i "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.12" (instance $handler)))"#;
+
+fn local_http() -> HttpConfig {
+    HttpConfig {
+        address: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_http_handler_drains_on_sigterm_and_ends_on_sigkill() {
+    let program = engine().compile(&wat(HANDLER)).expect("compile");
+    assert!(matches!(program, Program::Http(_)), "{}", program.kind());
+    let ended = run_stopped(
+        &wat(HANDLER),
+        Meter::default(),
+        local_http(),
+        Some(libc::SIGTERM),
+    );
+    assert_eq!(
+        ended,
+        Ended {
+            status: 0,
+            oom: false,
+            signal: Some(libc::SIGTERM)
+        }
+    );
+    let ended = run_stopped(
+        &wat(HANDLER),
+        Meter::default(),
+        local_http(),
+        Some(libc::SIGKILL),
+    );
+    assert_eq!(
+        ended,
+        Ended {
+            status: 137,
+            oom: false,
+            signal: Some(libc::SIGKILL)
+        }
+    );
+}
+
+#[test]
+fn a_stop_interrupts_the_guest_unless_it_drains() {
+    let e = engine();
+    let command = e.compile(&wat(SPIN)).unwrap();
+    let handler = e.compile(&wat(HANDLER)).unwrap();
+    let meter = Arc::new(Meter::default());
+    let (stop, _signal) = Stop::new(&command, meter.clone());
+    stop.send(libc::SIGTERM);
+    assert!(meter.is_interrupted(), "a command ends at once");
+    let meter = Arc::new(Meter::default());
+    let (stop, signal) = Stop::new(&handler, meter.clone());
+    stop.send(libc::SIGTERM);
+    assert!(
+        !meter.is_interrupted(),
+        "a handler keeps serving while it drains"
+    );
+    stop.send(libc::SIGKILL);
+    assert!(meter.is_interrupted());
+    // Once killed, a later SIGTERM cannot turn the kill back into a drain.
+    stop.send(libc::SIGTERM);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(Arc::new(e).run_to_end(
+        &handler,
+        GuestContext::default(),
+        meter,
+        local_http(),
+        signal,
+    ));
+    assert_eq!(ended.signal, Some(libc::SIGKILL));
+}
+
+#[test]
+fn a_stop_sent_before_the_guest_starts_ends_it_as_it_starts() {
+    let e = Arc::new(engine());
+    let program = e.compile(&wat(SPIN)).unwrap();
+    let meter = Arc::new(Meter::default());
+    let (stop, signal) = Stop::new(&program, meter.clone());
+    stop.send(libc::SIGTERM);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(e.run_to_end(
+        &program,
+        GuestContext::default(),
+        meter,
+        HttpConfig::default(),
+        signal,
+    ));
+    assert_eq!(ended.status, 143);
+}
+
+#[test]
+fn a_dropped_stop_lets_the_guest_run_to_its_own_end() {
+    let e = Arc::new(engine());
+    let program = e.compile(&wat(EXIT_7)).unwrap();
+    let meter = Arc::new(Meter::default());
+    let (stop, signal) = Stop::new(&program, meter.clone());
+    drop(stop);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(e.run_to_end(
+        &program,
+        GuestContext::default(),
+        meter,
+        HttpConfig::default(),
+        signal,
+    ));
+    assert_eq!(
+        ended,
+        Ended {
+            status: 7,
+            oom: false,
+            signal: None
+        }
+    );
+}

@@ -2,7 +2,7 @@
 //! Pure functions over parsed manifests, so the rules are unit-tested without containerd.
 
 use oci_spec::image::{Descriptor, ImageManifest};
-use wasmpod_oci::SizeBound;
+use wasmpod_oci::{LookupError, SizeBound};
 
 /// The config media type that marks a manifest as a Wasm artifact.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
@@ -38,11 +38,43 @@ fn title(layer: &Descriptor) -> Option<&str> {
     layer.annotations().as_ref()?.get(TITLE).map(String::as_str)
 }
 
+/// Why an artifact has no layer to run for the container's command: the image's or the pod
+/// spec's to fix, and the text (part of the container's StartError) says how.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(
+        "the Wasm artifact has no Wasm layer (layer media types: [{}]; expected one of {})",
+        .types.join(", "),
+        WASM_LAYERS.join(", ")
+    )]
+    NoWasmLayer { types: Vec<String> },
+    #[error(
+        "the command names layer {digest}, which the artifact does not have; its Wasm \
+         layers: {layers}"
+    )]
+    NoSuchDigest { digest: String, layers: String },
+    #[error(
+        "the Wasm artifact has {count} Wasm layers and the command '{command}' names none of \
+         them: name one by its title or digest as the container's command; its Wasm \
+         layers: {layers}"
+    )]
+    Unnamed {
+        count: usize,
+        command: String,
+        layers: String,
+    },
+    #[error("{0}")]
+    TooLarge(#[source] LookupError),
+}
+
 /// The layer to run. The container's command (`process.args[0]`) may name a layer by digest
 /// or by its title (a path whose file name is the title also matches, so `/app.wasm` finds
 /// the layer titled `app.wasm`). A command that names no layer runs the artifact's only Wasm
 /// layer; with several, the choice must be explicit.
-pub fn choose<'m>(manifest: &'m ImageManifest, command: &str) -> Result<&'m Descriptor, String> {
+pub fn choose<'m>(
+    manifest: &'m ImageManifest,
+    command: &str,
+) -> Result<&'m Descriptor, LayerError> {
     let layers = wasm_layers(manifest);
     if layers.is_empty() {
         let types: Vec<String> = manifest
@@ -50,18 +82,17 @@ pub fn choose<'m>(manifest: &'m ImageManifest, command: &str) -> Result<&'m Desc
             .iter()
             .map(|l| l.media_type().to_string())
             .collect();
-        return Err(format!(
-            "the Wasm artifact has no Wasm layer (layer media types: [{}]; expected one of {})",
-            types.join(", "),
-            WASM_LAYERS.join(", ")
-        ));
+        return Err(LayerError::NoWasmLayer { types });
     }
     if command.starts_with("sha256:") {
         return layers
             .iter()
             .find(|l| l.digest().to_string() == command)
             .copied()
-            .ok_or_else(|| format!("the command names layer {command}, which the artifact does not have; its Wasm layers: {}", list(&layers)));
+            .ok_or_else(|| LayerError::NoSuchDigest {
+                digest: command.to_string(),
+                layers: list(&layers),
+            });
     }
     let file = command.rsplit('/').next().unwrap_or(command);
     if let Some(l) = layers.iter().find(|l| title(l) == Some(file)) {
@@ -69,13 +100,11 @@ pub fn choose<'m>(manifest: &'m ImageManifest, command: &str) -> Result<&'m Desc
     }
     match layers.as_slice() {
         [only] => Ok(only),
-        _ => Err(format!(
-            "the Wasm artifact has {} Wasm layers and the command '{command}' names none of \
-             them: name one by its title or digest as the container's command; its Wasm \
-             layers: {}",
-            layers.len(),
-            list(&layers)
-        )),
+        _ => Err(LayerError::Unnamed {
+            count: layers.len(),
+            command: command.to_string(),
+            layers: list(&layers),
+        }),
     }
 }
 
@@ -85,11 +114,11 @@ pub fn choose_within<'m>(
     manifest: &'m ImageManifest,
     command: &str,
     bound: &SizeBound,
-) -> Result<&'m Descriptor, String> {
+) -> Result<&'m Descriptor, LayerError> {
     let layer = choose(manifest, command)?;
     bound
         .check(&format!("layer {}", layer_name(layer)), layer.size())
-        .map_err(|e| e.to_string())?;
+        .map_err(LayerError::TooLarge)?;
     Ok(layer)
 }
 
@@ -186,22 +215,26 @@ mod tests {
             choose(&m, &by_digest).unwrap().digest().to_string(),
             by_digest
         );
-        let e = choose(&m, "other.wasm").unwrap_err();
+        let e = choose(&m, "other.wasm").unwrap_err().to_string();
         assert!(
             e.contains("3 Wasm layers") && e.contains("exit.wasm (sha256:bbbb"),
             "{e}"
         );
-        let e = choose(&m, &format!("sha256:{}", "f".repeat(64))).unwrap_err();
+        let e = choose(&m, &format!("sha256:{}", "f".repeat(64)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not have"), "{e}");
     }
 
     #[test]
     fn an_artifact_without_wasm_layers_says_what_it_has() {
         let m = manifest(WASM_CONFIG, &[("text/plain", "a", None)]);
-        let e = choose(&m, "x").unwrap_err();
-        assert!(
-            e.contains("no Wasm layer") && e.contains("text/plain"),
-            "{e}"
+        let e = choose(&m, "x").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the Wasm artifact has no Wasm layer (layer media types: [text/plain]; expected \
+             one of application/wasm, application/vnd.w3c.wasm.module.v1+wasm, \
+             application/vnd.bytecodealliance.wasm.component.layer.v0+wasm)"
         );
     }
 
@@ -215,7 +248,7 @@ mod tests {
         let m = sized(WASM_CONFIG, &layers, 10 << 30);
         let e = choose_within(&m, "huge.wasm", &bound).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "layer huge.wasm is 10737418240 bytes, more than the 268435456 bytes a module may have"
         );
         let m = sized(WASM_CONFIG, &layers, 256 << 20);

@@ -287,32 +287,47 @@ fn is_index(media_type: &str) -> bool {
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
+/// Bytes that are not what their descriptor says: the image is damaged (or was never
+/// sha256), and the text says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    #[error("unsupported digest algorithm in {digest} (only sha256)")]
+    Algorithm { digest: String },
+    #[error(
+        "the content store holds {len} bytes, the manifest says {size}; the image is \
+         damaged, remove and pull it again"
+    )]
+    Size { len: u64, size: u64 },
+    #[error(
+        "content does not match its digest {digest} (it hashes to sha256:{actual}); the \
+         image is damaged, remove and pull it again"
+    )]
+    Mismatch { digest: String, actual: String },
+}
+
 /// Checks bytes against a descriptor's digest and size.
-pub fn verify(digest: &str, size: u64, bytes: &[u8]) -> Result<(), String> {
+pub fn verify(digest: &str, size: u64, bytes: &[u8]) -> Result<(), DigestError> {
     let mut hash = Sha256::new();
     hash.update(bytes);
     verify_hashed(digest, size, bytes.len() as u64, hash)
 }
 
 /// `verify` for bytes hashed as they were read (`len` of them).
-fn verify_hashed(digest: &str, size: u64, len: u64, hash: Sha256) -> Result<(), String> {
+fn verify_hashed(digest: &str, size: u64, len: u64, hash: Sha256) -> Result<(), DigestError> {
     let Some(hex) = digest.strip_prefix("sha256:") else {
-        return Err(format!(
-            "unsupported digest algorithm in {digest} (only sha256)"
-        ));
+        return Err(DigestError::Algorithm {
+            digest: digest.to_string(),
+        });
     };
     if len != size {
-        return Err(format!(
-            "the content store holds {len} bytes, the manifest says {size}; the image is \
-             damaged, remove and pull it again"
-        ));
+        return Err(DigestError::Size { len, size });
     }
     let actual = format!("{:x}", hash.finalize());
     if actual != hex {
-        return Err(format!(
-            "content does not match its digest {digest} (it hashes to sha256:{actual}); the \
-             image is damaged, remove and pull it again"
-        ));
+        return Err(DigestError::Mismatch {
+            digest: digest.to_string(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -350,13 +365,20 @@ mod tests {
         let bytes = b"\0asm\x01\0\0\0";
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
         assert!(verify(&digest, 8, bytes).is_ok());
-        let e = verify(&digest, 9, bytes).unwrap_err();
-        assert!(e.contains("holds 8 bytes, the manifest says 9"), "{e}");
-        let e = verify(&format!("sha256:{}", "0".repeat(64)), 8, bytes).unwrap_err();
-        assert!(e.contains("does not match its digest"), "{e}");
-        assert!(verify("sha512:00", 8, bytes)
+        let e = verify(&digest, 9, bytes).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the content store holds 8 bytes, the manifest says 9; the image is damaged, \
+             remove and pull it again"
+        );
+        let e = verify(&format!("sha256:{}", "0".repeat(64)), 8, bytes)
             .unwrap_err()
-            .contains("only sha256"));
+            .to_string();
+        assert!(e.contains("does not match its digest"), "{e}");
+        assert_eq!(
+            verify("sha512:00", 8, bytes).unwrap_err().to_string(),
+            "unsupported digest algorithm in sha512:00 (only sha256)"
+        );
     }
 
     #[test]

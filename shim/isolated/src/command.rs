@@ -1,6 +1,8 @@
 //! What a container's command is: a WebAssembly module or a native executable. Decided once in
 //! the shim against the container's root filesystem, so a command that is neither fails
-//! StartContainer with a message, and the container process only follows the decision.
+//! StartContainer with a message (the shim decides in containerd's task create, which the CRI
+//! makes at StartContainer, not at CreateContainer), and the container process only follows
+//! the decision.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -24,6 +26,37 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 pub use wasmpod_oci::spec::{args, cwd, env, open_files};
 
+/// Why a container's command cannot run: the image or the pod spec got it wrong. The texts
+/// are the container's StartError, so each says what to fix; a cause's text is part of it,
+/// as users see nothing else.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the container has no command (set command or args, or an image entrypoint)")]
+    NoCommand,
+    #[error("the command {name}: {source}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: LookupError,
+    },
+    #[error("cannot read the command {name} in the image: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the command {name} is neither a WebAssembly module nor a native executable \
+         (no \\0asm, ELF or #! header)"
+    )]
+    Neither { name: String },
+    #[error(
+        "the command {name} is a native executable in the working directory, not on \
+         PATH; name it with a path (./{name})"
+    )]
+    NativeOffPath { name: String },
+}
+
 /// The file a container's command names and what it is.
 #[derive(Debug)]
 pub struct Command {
@@ -43,25 +76,17 @@ pub struct Command {
 /// only a module may be found that way (`execvp` would not run a native one). `None`: the
 /// command names no file in `root` (a Wasm OCI artifact has none: its module is a layer in
 /// containerd's content store).
-pub fn classify(spec: &Spec, root: &Path) -> Result<Option<Command>, String> {
+pub fn classify(spec: &Spec, root: &Path) -> Result<Option<Command>, CommandError> {
     let Some((name, mut file, size, on_path)) = find(spec, root)? else {
         return Ok(None);
     };
     let kind = match sniff(&mut file) {
         Ok(Some(kind)) => kind,
-        Ok(None) => {
-            return Err(format!(
-                "the command {name} is neither a WebAssembly module nor a native executable \
-                 (no \\0asm, ELF or #! header)"
-            ))
-        }
-        Err(e) => return Err(format!("cannot read the command {name} in the image: {e}")),
+        Ok(None) => return Err(CommandError::Neither { name }),
+        Err(source) => return Err(CommandError::Read { name, source }),
     };
     if !on_path && kind == Kind::Native {
-        return Err(format!(
-            "the command {name} is a native executable in the working directory, not on \
-             PATH; name it with a path (./{name})"
-        ));
+        return Err(CommandError::NativeOffPath { name });
     }
     Ok(Some(Command {
         name,
@@ -85,16 +110,12 @@ fn sniff(file: &mut File) -> std::io::Result<Option<Kind>> {
 
 /// (the command, its open file and size, whether it was found as `execvp` finds it), `None`
 /// if it names no file.
-fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, String> {
+fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, CommandError> {
     // The container's mounts are not in `root` yet (runc mounts them in the container's
     // mount namespace); a command on a volume is looked up in the volume's directory.
     let tree = wasmpod_oci::Tree::of_container(spec, root);
     let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
-        return Err(
-            "the container has no command (set command or args, or an image \
-                    entrypoint)"
-                .into(),
-        );
+        return Err(CommandError::NoCommand);
     };
     let file = command.as_str();
     if file.contains('/') {
@@ -103,7 +124,10 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, S
         return match tree.open_regular(&cwd(spec).join(file)) {
             Ok((f, size)) => Ok(Some((file.to_string(), f, size, true))),
             Err(LookupError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(format!("the command {file}: {e}")),
+            Err(source) => Err(CommandError::Lookup {
+                name: file.to_string(),
+                source,
+            }),
         };
     }
     let env = env(spec);
@@ -162,7 +186,7 @@ mod tests {
     }
 
     fn kind(spec: &Spec, root: &Path) -> Result<Kind, String> {
-        match classify(spec, root)? {
+        match classify(spec, root).map_err(|e| e.to_string())? {
             Some(c) => Ok(c.kind),
             None => Err("no such file".into()),
         }
@@ -181,9 +205,11 @@ mod tests {
         // native name only along PATH, as execvp finds it.
         assert_eq!(kind(&spec(&["hello.wasm"], &[], "/app"), r), Ok(Kind::Wasm));
         let e = kind(&spec(&["busybox"], &["PATH=/usr/local/bin"], "/bin"), r).unwrap_err();
-        assert!(
-            e.contains("not on PATH; name it with a path (./busybox)"),
-            "{e}"
+        // The messages are StartErrors users (and the e2e tests) read: pinned to the byte.
+        assert_eq!(
+            e,
+            "the command busybox is a native executable in the working directory, not on \
+             PATH; name it with a path (./busybox)"
         );
         assert_eq!(
             kind(&spec(&["./hello.wasm"], &[], "/app"), r),
@@ -197,16 +223,20 @@ mod tests {
         // The default PATH applies when the image sets none.
         assert_eq!(kind(&spec(&["busybox"], &[], "/"), r), Ok(Kind::Native));
         let e = kind(&spec(&["/app/notes.txt"], &[], "/"), r).unwrap_err();
-        assert!(
-            e.contains("neither a WebAssembly module nor a native executable"),
-            "{e}"
+        assert_eq!(
+            e,
+            "the command /app/notes.txt is neither a WebAssembly module nor a native \
+             executable (no \\0asm, ELF or #! header)"
         );
         // No such file: the shim then asks containerd whether the image is a Wasm artifact.
         assert!(classify(&spec(&["missing"], &[path], "/"), r)
             .unwrap()
             .is_none());
         let e = classify(&spec(&[], &[], "/"), r).unwrap_err();
-        assert!(e.contains("no command"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the container has no command (set command or args, or an image entrypoint)"
+        );
     }
 
     #[test]
@@ -224,9 +254,13 @@ mod tests {
             .unwrap()
             .is_none());
         symlink("loop", r.join("app/loop")).unwrap();
-        let e = classify(&spec(&["/app/loop"], &[], "/"), r).unwrap_err();
+        let e = classify(&spec(&["/app/loop"], &[], "/"), r)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("levels of symbolic links"), "{e}");
-        let e = classify(&spec(&["/app"], &[], "/"), r).unwrap_err();
+        let e = classify(&spec(&["/app"], &[], "/"), r)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("is not a regular file (it is a directory)"),
             "{e}"

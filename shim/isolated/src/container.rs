@@ -11,7 +11,8 @@ use anyhow::anyhow;
 use containerd_shimkit::sandbox::InstanceConfig;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as Youki;
-use libcontainer::signal::Signal;
+use libcontainer::error::LibcontainerError;
+use libcontainer::signal::{Signal, SignalError};
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 use zygote::{WireError, WireFd, Zygote};
@@ -69,27 +70,21 @@ impl Container {
 
     pub fn pid(&self) -> anyhow::Result<i32> {
         self.call(
-            |_| {
-                with(|c| {
-                    c.pid()
-                        .map(|p| p.as_raw())
-                        .ok_or_else(|| "no process".into())
-                })
-            },
+            |_| with(|c| c.pid().map(|p| p.as_raw()).ok_or(CallError::NoProcess)),
             (),
         )
     }
 
     pub fn start(&self) -> anyhow::Result<()> {
-        self.call(|_| with(|c| c.start().map_err(|e| e.to_string())), ())
+        self.call(|_| with(|c| Ok(c.start()?)), ())
     }
 
     pub fn kill(&self, signal: u32) -> anyhow::Result<()> {
         self.call(
             |signal: u32| {
                 with(|c| {
-                    let signal = Signal::try_from(signal as i32).map_err(|e| e.to_string())?;
-                    c.kill(signal, true).map_err(|e| e.to_string())
+                    let signal = Signal::try_from(signal as i32)?;
+                    Ok(c.kill(signal, true)?)
                 })
             },
             signal,
@@ -97,7 +92,7 @@ impl Container {
     }
 
     pub fn delete(&self) -> anyhow::Result<()> {
-        self.call(|_| with(|c| c.delete(true).map_err(|e| e.to_string())), ())
+        self.call(|_| with(|c| Ok(c.delete(true)?)), ())
     }
 
     fn call<A, T>(&self, f: fn(A) -> Result<T, WireError>, arg: A) -> anyhow::Result<T>
@@ -112,12 +107,35 @@ impl Container {
     }
 }
 
-/// Runs `f` on the container, in the zygote.
-fn with<T>(f: impl FnOnce(&mut Youki) -> Result<T, String>) -> Result<T, WireError> {
-    CONTAINER.with_borrow_mut(|c| match c.as_mut() {
-        Some(c) => f(c).map_err(|e| std::io::Error::other(e).into()),
-        None => Err(std::io::Error::other("container not created").into()),
-    })
+/// What a call on the container fails with, in the zygote.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("container not created")]
+    NotCreated,
+    #[error("no process")]
+    NoProcess,
+    // Boxed: youki's error is large, and every call's result would carry its size.
+    #[error("{0}")]
+    Youki(#[source] Box<LibcontainerError>),
+    #[error("{0}")]
+    Signal(#[from] SignalError<i32>),
+}
+
+impl From<LibcontainerError> for CallError {
+    fn from(e: LibcontainerError) -> Self {
+        CallError::Youki(Box::new(e))
+    }
+}
+
+/// Runs `f` on the container, in the zygote. The error reaches the shim as its text only:
+/// the zygote is another process, and what crosses is a message (`wire` reads it back).
+fn with<T>(f: impl FnOnce(&mut Youki) -> Result<T, CallError>) -> Result<T, WireError> {
+    CONTAINER
+        .with_borrow_mut(|c| match c.as_mut() {
+            Some(c) => f(c),
+            None => Err(CallError::NotCreated),
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()).into())
 }
 
 fn create(b: Build) -> Result<(), WireError> {

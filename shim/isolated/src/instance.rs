@@ -12,12 +12,14 @@ use containerd_shimkit::sandbox::sync::WaitableCell;
 use containerd_shimkit::sandbox::{Error, Instance, InstanceConfig};
 use oci_spec::runtime::Spec;
 use tracing::instrument;
-use wasmpod_engine::{Engine, HttpConfig};
+use wasmpod_engine::{Engine, EngineError, HttpConfig, HttpConfigError};
 use wasmpod_image::{Containerd, ImageError};
-use wasmpod_oci::SizeBound;
+use wasmpod_oci::cgroup::SystemdPathError;
+use wasmpod_oci::pin::PinError;
+use wasmpod_oci::{LookupError, SizeBound};
 
 use crate::cgroup;
-use crate::command::{self, Command, Kind};
+use crate::command::{self, Command, CommandError, Kind};
 use crate::container::{Build, Container};
 use crate::oom;
 
@@ -26,7 +28,7 @@ use crate::oom;
 pub const RUNTIME_NAME: &str = "wasmtime-isolated";
 
 /// The status reported when the process's end could not be observed (as a SIGKILL).
-const UNKNOWN_EXIT: u32 = 128 + libc::SIGKILL as u32;
+const UNKNOWN_EXIT: u32 = wasmpod_engine::signal_status(libc::SIGKILL) as u32;
 
 pub struct Isolated {
     id: String,
@@ -48,23 +50,7 @@ impl Instance for Isolated {
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
         let root = cfg.bundle.join(root);
-        let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
-        let (kind, module) = match command::classify(&spec, &root).map_err(invalid)? {
-            Some(Command {
-                kind: Kind::Native, ..
-            }) => (Kind::Native, None),
-            Some(Command {
-                name, file, size, ..
-            }) => {
-                let bytes = wasmpod_oci::read_bounded(file, size, &name, &module_bound(&spec))
-                    .map_err(|e| invalid(format!("module {name}: {e}")))?;
-                (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
-            }
-            None => {
-                let (name, bytes) = artifact_module(&id, &spec, cfg).await?;
-                (Kind::Wasm, Some(precompile(&id, &spec, &name, &bytes)?))
-            }
-        };
+        let (kind, module) = what_runs(&id, &spec, &root, cfg).await?;
         log::info!("container {id}: {kind:?}");
         let rootdir = cfg.determine_rootdir(RUNTIME_NAME)?;
         let cfg = &cgroupfs_for_systemd(&spec, cfg)?;
@@ -73,7 +59,10 @@ impl Instance for Isolated {
             &reader,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
-        .map_err(|e| Error::Others(format!("container {id}: the OOM report pipe: {e}")))?;
+        .map_err(|source| CreateError::OomPipe {
+            id: id.clone(),
+            source,
+        })?;
         let container = Container::build(Build {
             id: id.clone(),
             cfg: cfg.clone(),
@@ -162,10 +151,120 @@ impl Instance for Isolated {
     }
 }
 
+/// Why a container cannot be created: what its image or spec got wrong, or what failed on
+/// the node. The texts are the container's StartError, byte for byte what users have seen so
+/// far (the e2e tests compare them): a cause's text is part of its message, containerd shows
+/// nothing else.
+#[derive(Debug, thiserror::Error)]
+enum CreateError {
+    #[error("container {id}: {source}")]
+    Command {
+        id: String,
+        #[source]
+        source: CommandError,
+    },
+    #[error("container {id}: module {name}: {source}")]
+    ReadModule {
+        id: String,
+        name: String,
+        #[source]
+        source: LookupError,
+    },
+    #[error("container {id}: {source}")]
+    Pin {
+        id: String,
+        #[source]
+        source: PinError,
+    },
+    #[error("container {id}: {source}")]
+    Http {
+        id: String,
+        #[source]
+        source: HttpConfigError,
+    },
+    #[error("container {id}: module {name}: {source}")]
+    Compile {
+        id: String,
+        name: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("{0}")]
+    Engine(#[source] &'static EngineError),
+    #[error("container {id}: {source}")]
+    Artifact {
+        id: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error("container {id}: the OOM report pipe: {source}")]
+    OomPipe {
+        id: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("{0}")]
+    CgroupPath(#[source] SystemdPathError),
+}
+
+impl From<CreateError> for Error {
+    /// containerd reports the code with the message (InvalidArgument as "...: invalid
+    /// argument"): InvalidArgument says the image or the spec is the user's to fix, Others
+    /// that the node failed (the engine, containerd, a pipe) and a retry may do.
+    fn from(e: CreateError) -> Error {
+        let theirs = match &e {
+            CreateError::Command { .. }
+            | CreateError::ReadModule { .. }
+            | CreateError::Pin { .. }
+            | CreateError::Http { .. }
+            | CreateError::Compile { .. }
+            | CreateError::CgroupPath(_) => true,
+            CreateError::Artifact { source, .. } => matches!(source, ImageError::Invalid(_)),
+            CreateError::Engine(_) | CreateError::OomPipe { .. } => false,
+        };
+        if theirs {
+            Error::InvalidArgument(e.to_string())
+        } else {
+            Error::Others(e.to_string())
+        }
+    }
+}
+
 /// The shim's engine, with the node's compile cache (`WASMPOD_CACHE_DIR`, default
 /// `/var/lib/wasmpod/cache`), shared with the pod host's shims.
-static ENGINE: LazyLock<Result<Engine, String>> =
-    LazyLock::new(|| Engine::new().map_err(|e| e.to_string()));
+static ENGINE: LazyLock<Result<Engine, EngineError>> = LazyLock::new(Engine::new);
+
+/// How the container's command runs and, for Wasm, its module compiled by the shim.
+async fn what_runs(
+    id: &str,
+    spec: &Spec,
+    root: &Path,
+    cfg: &InstanceConfig,
+) -> Result<(Kind, Option<Vec<u8>>), CreateError> {
+    let classified = command::classify(spec, root).map_err(|source| CreateError::Command {
+        id: id.to_string(),
+        source,
+    })?;
+    let (name, bytes) = match classified {
+        Some(Command {
+            kind: Kind::Native, ..
+        }) => return Ok((Kind::Native, None)),
+        Some(Command {
+            name, file, size, ..
+        }) => {
+            let bytes = wasmpod_oci::read_bounded(file, size, &name, &module_bound(spec)).map_err(
+                |source| CreateError::ReadModule {
+                    id: id.to_string(),
+                    name: name.clone(),
+                    source,
+                },
+            )?;
+            (name, bytes)
+        }
+        None => artifact_module(id, spec, cfg).await?,
+    };
+    Ok((Kind::Wasm, Some(precompile(id, spec, &name, &bytes)?)))
+}
 
 /// The module of a container whose command names no file in its image: the image may be a
 /// Wasm OCI artifact, whose module is a layer in containerd's content store.
@@ -173,7 +272,7 @@ async fn artifact_module(
     id: &str,
     spec: &Spec,
     cfg: &InstanceConfig,
-) -> Result<(String, Vec<u8>), Error> {
+) -> Result<(String, Vec<u8>), CreateError> {
     let containerd = Containerd::new(Path::new(&cfg.containerd_address), &cfg.namespace);
     let image = containerd
         .image_name(id, wasmpod_oci::spec::image_name(spec))
@@ -185,8 +284,10 @@ async fn artifact_module(
         .await
     {
         Ok(layer) => Ok((layer.name, layer.bytes)),
-        Err(ImageError::Invalid(m)) => Err(Error::InvalidArgument(format!("container {id}: {m}"))),
-        Err(e) => Err(Error::Others(format!("container {id}: {e}"))),
+        Err(source) => Err(CreateError::Artifact {
+            id: id.to_string(),
+            source,
+        }),
     }
 }
 
@@ -214,8 +315,7 @@ fn cgroupfs_for_systemd(spec: &Spec, cfg: &InstanceConfig) -> Result<InstanceCon
     let (true, Some(form)) = (cfg.config.systemd_cgroup, systemd_form) else {
         return Ok(cfg);
     };
-    let path = wasmpod_oci::cgroup::systemd_path(&form)
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let path = wasmpod_oci::cgroup::systemd_path(&form).map_err(CreateError::CgroupPath)?;
     linux.set_cgroups_path(Some(PathBuf::from(path)));
     let mut spec = spec.clone();
     spec.set_linux(Some(linux));
@@ -227,16 +327,25 @@ fn cgroupfs_for_systemd(spec: &Spec, cfg: &InstanceConfig) -> Result<InstanceCon
 /// Compiles the container's module here, where the compile cache is, so a module that does
 /// not compile (or a bad setting) fails StartContainer as in the pod host, and the container's
 /// process only loads the artifact.
-fn precompile(id: &str, spec: &Spec, name: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
-    let invalid = |e: String| Error::InvalidArgument(format!("container {id}: {e}"));
+fn precompile(id: &str, spec: &Spec, name: &str, bytes: &[u8]) -> Result<Vec<u8>, CreateError> {
     wasmpod_oci::pin::pins(spec)
         .and_then(|pins| wasmpod_oci::pin::check(&pins, name, bytes))
-        .map_err(|e| invalid(e.to_string()))?;
-    HttpConfig::from_env(&command::env(spec)).map_err(invalid)?;
-    let engine = ENGINE.as_ref().map_err(|e| Error::Others(e.clone()))?;
+        .map_err(|source| CreateError::Pin {
+            id: id.to_string(),
+            source,
+        })?;
+    HttpConfig::read(&command::env(spec)).map_err(|source| CreateError::Http {
+        id: id.to_string(),
+        source,
+    })?;
+    let engine = ENGINE.as_ref().map_err(CreateError::Engine)?;
     let (artifact, outcome) = engine
         .precompile(bytes)
-        .map_err(|e| invalid(format!("module {name}: {e}")))?;
+        .map_err(|source| CreateError::Compile {
+            id: id.to_string(),
+            name: name.to_string(),
+            source,
+        })?;
     log::debug!("container {id}: module {name}: {outcome:?}");
     Ok(artifact)
 }
@@ -246,5 +355,83 @@ fn precompile(id: &str, spec: &Spec, name: &str, bytes: &[u8]) -> Result<Vec<u8>
 fn unsubscribe(id: i64) {
     if let Ok(mut monitor) = MONITOR.lock() {
         let _ = monitor.unsubscribe(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(e: CreateError) -> (&'static str, String) {
+        match Error::from(e) {
+            Error::InvalidArgument(m) => ("invalid", m),
+            Error::Others(m) => ("others", m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_the_image_got_wrong_is_an_invalid_argument_and_the_node_failing_is_not() {
+        let id = || "c1".to_string();
+        assert_eq!(
+            shown(CreateError::Command {
+                id: id(),
+                source: CommandError::NoCommand
+            }),
+            (
+                "invalid",
+                "container c1: the container has no command (set command or args, or an \
+                 image entrypoint)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            shown(CreateError::Http {
+                id: id(),
+                source: HttpConfig::read(&[("WASMPOD_HTTP_MAX_REQUESTS".into(), "0".into())])
+                    .unwrap_err()
+            }),
+            (
+                "invalid",
+                "container c1: WASMPOD_HTTP_MAX_REQUESTS=0: not a whole number from 1 to 1048576"
+                    .into()
+            )
+        );
+        assert_eq!(
+            shown(CreateError::Artifact {
+                id: id(),
+                source: ImageError::Invalid("image i has no Wasm module: gone".into())
+            }),
+            (
+                "invalid",
+                "container c1: image i has no Wasm module: gone".into()
+            )
+        );
+        assert_eq!(
+            shown(CreateError::Artifact {
+                id: id(),
+                source: ImageError::Unanswered("image i: no answer".into())
+            }),
+            ("others", "container c1: image i: no answer".into())
+        );
+        assert_eq!(
+            shown(CreateError::OomPipe {
+                id: id(),
+                source: nix::errno::Errno::EBADF
+            }),
+            (
+                "others",
+                format!(
+                    "container c1: the OOM report pipe: {}",
+                    nix::errno::Errno::EBADF
+                )
+            )
+        );
+        // The cause stays reachable for logs that want the chain.
+        let e = CreateError::Command {
+            id: id(),
+            source: CommandError::NoCommand,
+        };
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -6,10 +6,6 @@ use containerd_shim::protos::topics::TASK_OOM_EVENT_TOPIC;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::Context;
 
-/// The exit status of a Wasm container whose memory grow the engine denied at the cgroup's
-/// limit: 137, what the kernel's OOM kill gives a native process.
-pub const WASM_OOM_STATUS: i32 = 128 + libc::SIGKILL;
-
 /// Whether a container was OOM-killed: the kernel killed a process in its memory cgroup, or
 /// the engine denied a Wasm guest's memory and the container's process reported it. Its exit
 /// status says nothing either way: a guest may `proc_exit(137)` by itself, a SIGKILL gives

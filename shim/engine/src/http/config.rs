@@ -47,9 +47,35 @@ const MAX_COUNT: usize = 1 << 20;
 const MIN_HEADER_BYTES: usize = 1024;
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
+/// A setting in the container's environment that is not one an HTTP handler can serve with:
+/// the container's StartError, so the text names the variable and what it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpConfigError {
+    #[error("{HTTP_ADDRESS}={value}: not HOST:PORT (like 0.0.0.0:8080) or a port: {source}")]
+    Address {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("{name}={value}: not a positive duration of at most a day (like 30, 30s or 500ms)")]
+    Duration { name: &'static str, value: String },
+    #[error("{name}={value}: not a whole number from {min} to {max}")]
+    Count {
+        name: &'static str,
+        value: String,
+        min: usize,
+        max: usize,
+    },
+}
+
 impl HttpConfig {
-    /// How an HTTP handler serves, from the container's environment (see [`Default`]).
+    /// [`HttpConfig::read`], its error as text: what the pod host takes today.
     pub fn from_env(env: &[(String, String)]) -> Result<HttpConfig, String> {
+        HttpConfig::read(env).map_err(|e| e.to_string())
+    }
+
+    /// How an HTTP handler serves, from the container's environment (see [`Default`]).
+    pub fn read(env: &[(String, String)]) -> Result<HttpConfig, HttpConfigError> {
         let mut config = HttpConfig::default();
         // The last definition wins, as in a shell.
         let get = |k: &str| {
@@ -62,8 +88,9 @@ impl HttpConfig {
         if let Some(v) = get(HTTP_ADDRESS) {
             config.address = match v.parse::<u16>() {
                 Ok(port) => SocketAddr::from(([0, 0, 0, 0], port)),
-                Err(_) => v.parse().map_err(|e| {
-                    format!("{HTTP_ADDRESS}={v}: not HOST:PORT (like 0.0.0.0:8080) or a port: {e}")
+                Err(_) => v.parse().map_err(|source| HttpConfigError::Address {
+                    value: v.to_string(),
+                    source,
                 })?,
             };
         }
@@ -74,11 +101,9 @@ impl HttpConfig {
         ];
         for (name, field) in durations {
             if let Some(v) = get(name) {
-                *field = duration(v).ok_or_else(|| {
-                    format!(
-                        "{name}={v}: not a positive duration of at most a day \
-                         (like 30, 30s or 500ms)"
-                    )
+                *field = duration(v).ok_or_else(|| HttpConfigError::Duration {
+                    name,
+                    value: v.to_string(),
                 })?;
             }
         }
@@ -104,7 +129,12 @@ impl HttpConfig {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| format!("{name}={v}: not a whole number from {min} to {max}"))?;
+                    .ok_or_else(|| HttpConfigError::Count {
+                        name,
+                        value: v.to_string(),
+                        min,
+                        max,
+                    })?;
             }
         }
         Ok(config)
@@ -199,5 +229,25 @@ mod tests {
             let e = HttpConfig::from_env(&env(&[(name, value)])).unwrap_err();
             assert!(e.starts_with(&format!("{name}={value}: ")), "{e}");
         }
+        // The texts are StartErrors: kept to the byte as the typed errors replaced strings.
+        let text = |name, value| HttpConfig::from_env(&env(&[(name, value)])).unwrap_err();
+        assert_eq!(
+            text(HTTP_IDLE_TIMEOUT, "0"),
+            "WASMPOD_HTTP_IDLE_TIMEOUT=0: not a positive duration of at most a day \
+             (like 30, 30s or 500ms)"
+        );
+        assert_eq!(
+            text(HTTP_MAX_HEADERS, "0"),
+            "WASMPOD_HTTP_MAX_HEADERS=0: not a whole number from 1 to 10000"
+        );
+        assert_eq!(
+            text(HTTP_ADDRESS, "localhost"),
+            "WASMPOD_HTTP_ADDRESS=localhost: not HOST:PORT (like 0.0.0.0:8080) or a port: \
+             invalid socket address syntax"
+        );
+        assert!(matches!(
+            HttpConfig::read(&env(&[(HTTP_ADDRESS, "localhost")])),
+            Err(HttpConfigError::Address { .. })
+        ));
     }
 }
