@@ -107,7 +107,10 @@ impl StopSignal {
     /// The first signal sent. Never resolves if the [`Stop`] is dropped unsent: the guest
     /// then runs to its own end.
     async fn any(&mut self) -> i32 {
-        match self.0.wait_for(Option::is_some).await {
+        // The value is copied out first: the channel's read guard must not be held across
+        // the await below, or the guest's future is not `Send` (the pod host spawns it).
+        let sent = self.0.wait_for(Option::is_some).await.map(|s| *s);
+        match sent {
             Ok(s) => s.unwrap_or(libc::SIGKILL),
             Err(_) => std::future::pending().await,
         }
@@ -116,11 +119,12 @@ impl StopSignal {
     /// The first signal sent if it asks a server to drain (anything but SIGKILL, which
     /// [`StopSignal::kill`] answers); as [`StopSignal::any`] if the stop is dropped.
     async fn drain(&mut self) -> i32 {
-        match self
+        let sent = self
             .0
             .wait_for(|s| s.is_some_and(|s| s != libc::SIGKILL))
             .await
-        {
+            .map(|s| *s);
+        match sent {
             Ok(s) => s.unwrap_or(libc::SIGTERM),
             Err(_) => std::future::pending().await,
         }

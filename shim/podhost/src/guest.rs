@@ -6,17 +6,15 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use wasmpod_engine::{Engine, Exit, GuestContext, HttpConfig, Meter, Program};
+use wasmpod_engine::{signal_status, Engine, GuestContext, HttpConfig, Meter, Program, Stop};
 use wasmpod_image::Containerd;
 
 use crate::error::Error;
 use crate::module;
-use crate::pod::outside::{Running, Signals};
-use crate::pod::{Ended, Guests, Prepared, Stdio};
+use crate::pod::outside::Running;
+use crate::pod::{Ended, Guests, Prepared, Stdio, Stopper};
 use crate::spec::{self, Spec};
 use crate::stdio::{open_output, open_stdin};
-
-const SIGKILL: u32 = libc::SIGKILL as u32;
 
 /// A Wasm container ready to start.
 pub struct Guest {
@@ -98,10 +96,8 @@ impl Wasm {
             open_files: spec::open_files(spec),
             identity: spec::identity(spec)?,
         };
-        let serves_http = matches!(program, Program::Http(_));
         Ok(Prepared {
             guest: Guest { program, ctx, http },
-            serves_http,
         })
     }
 
@@ -177,58 +173,50 @@ impl Guests for Wasm {
         Ok(())
     }
 
-    fn run(&self, guest: Guest, meter: Arc<Meter>, mut signals: Signals) -> Running {
+    fn run(&self, guest: Guest, meter: Arc<Meter>) -> (Running, Box<dyn Stopper>) {
+        let (stop, signal) = Stop::new(&guest.program, meter.clone());
         let (Some(runtime), Some(Ok(engine))) = (self.runtime.get(), self.engine.get()) else {
             // `ready` made both, and the pod runs nothing before it succeeded.
             tracing::error!("a guest was started before its runtime and engine were ready");
-            return Box::pin(std::future::ready(Ended {
-                status: 128 + SIGKILL,
+            let ended = Ended {
+                status: signal_status(libc::SIGKILL) as u32,
                 oom: false,
-            }));
+            };
+            return (
+                Box::pin(std::future::ready(ended)),
+                Box::new(EngineStop(stop)),
+            );
         };
         let engine = engine.clone();
         let task = runtime.spawn(async move {
             let Guest { program, ctx, http } = guest;
-            // Dropping the guest's future is how a kill stops it: the guest yields at the next
-            // epoch tick once interrupted, and at every host call, so this takes one tick. An
-            // HTTP server drains on any signal but SIGKILL: it stops accepting and finishes the
-            // requests in flight, within the grace period the kubelet gives before SIGKILL.
-            let exit = match &program {
-                Program::Http(pre) => {
-                    let mut signalled = signals.clone();
-                    let drain = async move {
-                        let _ = signalled.wait_for(Option::is_some).await;
-                    };
-                    tokio::select! {
-                        exit = engine.serve(pre, ctx, meter, http, drain) => Ok(exit),
-                        Ok(_) = signals.wait_for(|s| *s == Some(SIGKILL)) => Err(SIGKILL),
+            engine.run_to_end(&program, ctx, meter, http, signal).await
+        });
+        let running = Box::pin(async move {
+            match task.await {
+                Ok(ended) => Ended {
+                    status: ended.status as u32,
+                    oom: ended.oom,
+                },
+                Err(e) => {
+                    tracing::error!("the guest's task failed: {e}");
+                    Ended {
+                        status: signal_status(libc::SIGKILL) as u32,
+                        oom: false,
                     }
                 }
-                _ => tokio::select! {
-                    exit = engine.run(&program, ctx, meter) => Ok(exit),
-                    Ok(sig) = signals.wait_for(Option::is_some) => Err(sig.unwrap_or(SIGKILL)),
-                },
-            };
-            match exit {
-                Ok(exit) => Ended {
-                    status: exit.status() as u32,
-                    oom: exit == Exit::OutOfMemory,
-                },
-                Err(signal) => Ended {
-                    status: 128 + signal,
-                    oom: false,
-                },
             }
         });
-        Box::pin(async move {
-            task.await.unwrap_or_else(|e| {
-                tracing::error!("the guest's task failed: {e}");
-                Ended {
-                    status: 128 + SIGKILL,
-                    oom: false,
-                }
-            })
-        })
+        (running, Box::new(EngineStop(stop)))
+    }
+}
+
+/// containerd's signals, handed to the engine, which knows what each means for this guest.
+struct EngineStop(Stop);
+
+impl Stopper for EngineStop {
+    fn send(&self, signal: u32) {
+        self.0.send(signal as i32);
     }
 }
 

@@ -24,7 +24,7 @@ use wasmpod_engine::{Limits, Meter, ProcessMemory};
 
 use crate::error::Error;
 use crate::spec;
-pub use outside::{Ended, Event, Events, Guests, Node, Prepared, Stdio};
+pub use outside::{Ended, Event, Events, Guests, Node, Prepared, Stdio, Stopper};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -35,6 +35,7 @@ const IGNORED_SIGNALS: &[u32] = &[
     libc::SIGURG as u32,
     libc::SIGWINCH as u32,
 ];
+/// What ends a container's execs when the container ends.
 const SIGKILL: u32 = libc::SIGKILL as u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,26 +87,22 @@ struct Process<G> {
     /// The prepared guest, taken at start; a sandbox's init has none and runs nothing.
     guest: Option<G>,
     runs_guest: bool,
-    /// An HTTP handler: SIGTERM drains it rather than ending it.
-    serves_http: bool,
     phase: Phase,
     exit: watch::Sender<Option<Exited>>,
-    signals: Option<watch::Sender<Option<u32>>>,
+    /// A running guest's stop.
+    stop: Option<Box<dyn Stopper>>,
 }
 
 impl<G> Process<G> {
     fn new(stdio: Stdio, guest: Option<Prepared<G>>) -> Self {
         let (exit, _) = watch::channel(None);
-        let runs_guest = guest.is_some();
-        let serves_http = guest.as_ref().is_some_and(|g| g.serves_http);
         Process {
             stdio,
+            runs_guest: guest.is_some(),
             guest: guest.map(|g| g.guest),
-            runs_guest,
-            serves_http,
             phase: Phase::Created,
             exit,
-            signals: None,
+            stop: None,
         }
     }
 
@@ -444,7 +441,6 @@ impl<G: Guests> Pod<G> {
         if runs_guest {
             self.guests.ready(netns.as_deref()).await?;
         }
-        let (signals_tx, signals) = watch::channel(None);
         let running = {
             let mut containers = lock(&self.containers);
             let c = containers.get_mut(id).ok_or_else(|| not_found(id))?;
@@ -455,8 +451,11 @@ impl<G: Guests> Pod<G> {
             let p = c.process_mut(id, exec_id)?;
             p.startable(&name)?;
             p.phase = Phase::Running;
-            p.signals = Some(signals_tx);
-            p.guest.take().map(|g| self.guests.run(g, meter, signals))
+            p.guest.take().map(|g| {
+                let (running, stop) = self.guests.run(g, meter);
+                p.stop = Some(stop);
+                running
+            })
         };
         self.events
             .publish(Event::Started {
@@ -509,13 +508,11 @@ impl<G: Guests> Pod<G> {
                 return;
             }
             p.phase = Phase::Stopped;
-            p.signals = None;
+            p.stop = None;
             p.exit.send_replace(Some(Exited { status, at }));
             if exec_id.is_empty() {
-                let running = c.execs.values().filter_map(|e| e.signals.as_ref());
-                for signals in running {
-                    signals.send_replace(Some(SIGKILL));
-                    c.meter.interrupt();
+                for stop in c.execs.values().filter_map(|e| e.stop.as_ref()) {
+                    stop.send(SIGKILL);
                 }
             }
         }
@@ -541,18 +538,13 @@ impl<G: Guests> Pod<G> {
             if signal == 0 || IGNORED_SIGNALS.contains(&signal) {
                 return Ok(());
             }
-            match &p.signals {
-                Some(signals) if p.runs_guest => {
-                    signals.send_replace(Some(signal));
-                    // A guest that ends must give its future back at the next tick to be
-                    // dropped; an HTTP server that drains keeps serving meanwhile.
-                    if signal == SIGKILL || !p.serves_http {
-                        c.meter.interrupt();
-                    }
+            match &p.stop {
+                Some(stop) => {
+                    stop.send(signal);
                     false
                 }
                 // A sandbox, or a process that never started, ends right away.
-                _ => true,
+                None => true,
             }
         };
         if ends_now {

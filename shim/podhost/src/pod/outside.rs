@@ -12,7 +12,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim::protos::types::mount::Mount;
-use tokio::sync::watch;
 use wasmpod_engine::{Meter, ProcessMemory};
 
 use crate::cgroup::CgroupError;
@@ -83,8 +82,6 @@ pub trait Node: Send + Sync + 'static {
 /// A Wasm container ready to start: what `Guests::prepare` made of it.
 pub struct Prepared<G> {
     pub guest: G,
-    /// An HTTP handler drains on SIGTERM instead of ending at once.
-    pub serves_http: bool,
 }
 
 /// How a guest ended.
@@ -95,8 +92,11 @@ pub struct Ended {
     pub oom: bool,
 }
 
-/// The last signal containerd sent a running container.
-pub type Signals = watch::Receiver<Option<u32>>;
+/// Hands containerd's signals on to a running guest, which decides what each means (a command
+/// ends, an HTTP handler drains, SIGKILL ends anything now).
+pub trait Stopper: Send + Sync + 'static {
+    fn send(&self, signal: u32);
+}
 
 /// A guest, ready to run to its end once awaited; dropped unawaited, it never runs.
 pub type Running = Pin<Box<dyn Future<Output = Ended> + Send + 'static>>;
@@ -130,7 +130,7 @@ pub trait Guests: Send + Sync + 'static {
     /// pod's guest runtime in its network namespace, and the engine.
     async fn ready(&self, netns: Option<&Path>) -> Result<(), Error>;
 
-    /// The guest, to run to its end when awaited (after `ready` succeeded); `signals` asks it
-    /// to stop.
-    fn run(&self, guest: Self::Guest, meter: Arc<Meter>, signals: Signals) -> Running;
+    /// The guest, to run to its end when awaited (after `ready` succeeded), and how to stop
+    /// it.
+    fn run(&self, guest: Self::Guest, meter: Arc<Meter>) -> (Running, Box<dyn Stopper>);
 }

@@ -12,7 +12,7 @@ use containerd_shim::protos::types::mount::Mount;
 use tokio::sync::{watch, Notify};
 use wasmpod_engine::{Meter, ProcessMemory};
 
-use super::outside::{Running, Signals};
+use super::outside::Running;
 use super::*;
 use crate::cgroup::CgroupError;
 use crate::task::code;
@@ -155,10 +155,7 @@ impl Guests for FakeGuests {
             return Err(Error::NoCommand);
         }
         self.log.push(format!("compiled {id}"));
-        Ok(Prepared {
-            guest: script,
-            serves_http: false,
-        })
+        Ok(Prepared { guest: script })
     }
 
     async fn prepare_exec(
@@ -176,7 +173,6 @@ impl Guests for FakeGuests {
                 exit: arg.parse().ok(),
                 ..Default::default()
             },
-            serves_http: false,
         })
     }
 
@@ -185,10 +181,11 @@ impl Guests for FakeGuests {
         Ok(())
     }
 
-    fn run(&self, guest: Script, _: Arc<Meter>, mut signals: Signals) -> Running {
+    fn run(&self, guest: Script, _: Arc<Meter>) -> (Running, Box<dyn Stopper>) {
         self.log.push("run".into());
+        let (stop, mut signals) = watch::channel(None);
         let log = self.log.clone();
-        Box::pin(async move {
+        let running = Box::pin(async move {
             if let Some(status) = guest.exit {
                 return Ended {
                     status,
@@ -201,7 +198,18 @@ impl Guests for FakeGuests {
                 status: 128 + signal,
                 oom: false,
             }
-        })
+        });
+        (running, Box::new(FakeStop(stop)))
+    }
+}
+
+/// The guest's end of a stop: the first signal sent.
+struct FakeStop(watch::Sender<Option<u32>>);
+
+impl Stopper for FakeStop {
+    fn send(&self, signal: u32) {
+        self.0
+            .send_if_modified(|s| s.is_none() && s.replace(signal).is_none());
     }
 }
 
