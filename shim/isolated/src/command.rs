@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
@@ -22,8 +22,6 @@ pub enum Kind {
 }
 
 /// The PATH a container gets when its environment has none, as runc's.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 pub use wasmpod_oci::spec::{args, cwd, env, open_files};
 
 /// Why a container's command cannot run: the image or the pod spec got it wrong. The texts
@@ -114,39 +112,23 @@ fn find(spec: &Spec, root: &Path) -> Result<Option<(String, File, u64, bool)>, C
     // The container's mounts are not in `root` yet (runc mounts them in the container's
     // mount namespace); a command on a volume is looked up in the volume's directory.
     let tree = wasmpod_oci::Tree::of_container(spec, root);
-    let Some(command) = args(spec).first().filter(|c| !c.is_empty()) else {
-        return Err(CommandError::NoCommand);
-    };
-    let file = command.as_str();
-    if file.contains('/') {
+    let command = wasmpod_oci::spec::command(spec).ok_or(CommandError::NoCommand)?;
+    if command.by_path {
         // Named by a path: anything there but a regular file (a FIFO, a device, a
         // directory, a link loop) is an error rather than "no such command".
-        return match tree.open_regular(&cwd(spec).join(file)) {
-            Ok((f, size)) => Ok(Some((file.to_string(), f, size, true))),
+        return match tree.open_regular(&command.candidates[0]) {
+            Ok((f, size)) => Ok(Some((command.name, f, size, true))),
             Err(LookupError::NotFound { .. }) => Ok(None),
             Err(source) => Err(CommandError::Lookup {
-                name: file.to_string(),
+                name: command.name,
                 source,
             }),
         };
     }
-    let env = env(spec);
-    let path = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-    let candidates: Vec<PathBuf> = path
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new("/").join(d).join(file))
-        .chain([cwd(spec).join(file)])
-        .collect();
-    let last = candidates.len() - 1;
     // As execvp, a PATH entry that holds no regular file of that name is passed over.
-    Ok(candidates.iter().enumerate().find_map(|(i, c)| {
+    Ok(command.candidates.iter().enumerate().find_map(|(i, c)| {
         let (f, size) = tree.open_regular(c).ok()?;
-        Some((file.to_string(), f, size, i < last))
+        Some((command.name.clone(), f, size, command.on_path(i)))
     }))
 }
 

@@ -57,6 +57,60 @@ pub fn cwd(spec: &Spec) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// `PATH` when the spec's environment has none, as runc and execvp assume.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the container's command (`process.args[0]`) may be, as both hosts look it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The command as the spec writes it, for messages.
+    pub name: String,
+    /// The files it may be, in order, as container paths: a name with a `/` is that one path
+    /// (from the working directory); a bare name is each `PATH` directory's entry, as execvp
+    /// looks, then the working directory's, where Wasm images often keep their module.
+    pub candidates: Vec<PathBuf>,
+    /// Whether the name has a `/` (then anything at that path but a regular file is an
+    /// error, not "no such command").
+    pub by_path: bool,
+}
+
+impl Command {
+    /// Whether `candidate` is one execvp would find (the working directory is not).
+    pub fn on_path(&self, index: usize) -> bool {
+        self.by_path || index + 1 < self.candidates.len()
+    }
+}
+
+/// The container's command, or None when `process.args` is empty.
+pub fn command(spec: &Spec) -> Option<Command> {
+    let name = args(spec).first().filter(|a| !a.is_empty())?.clone();
+    let cwd = cwd(spec);
+    if name.contains('/') {
+        return Some(Command {
+            candidates: vec![cwd.join(&name)],
+            name,
+            by_path: true,
+        });
+    }
+    let env = env(spec);
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let candidates = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new("/").join(d).join(&name))
+        .chain([cwd.join(&name)])
+        .collect();
+    Some(Command {
+        name,
+        candidates,
+        by_path: false,
+    })
+}
+
 /// The container's descriptor limit (`RLIMIT_NOFILE`, soft), when its spec sets one.
 pub fn open_files(spec: &Spec) -> Option<u64> {
     spec.process()
@@ -138,6 +192,46 @@ mod tests {
 
     fn spec(json: &str) -> Spec {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_command_is_looked_up_as_execvp_does_then_in_the_working_directory() {
+        let s = spec(
+            r#"{"ociVersion": "1.0.2",
+                "process": {"args": ["app.wasm"], "env": ["PATH=/bin:/opt/tools"],
+                            "cwd": "/srv", "user": {"uid": 0, "gid": 0}}}"#,
+        );
+        let c = command(&s).unwrap();
+        assert_eq!(c.name, "app.wasm");
+        let paths: Vec<&str> = c.candidates.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            ["/bin/app.wasm", "/opt/tools/app.wasm", "/srv/app.wasm"]
+        );
+        assert!(
+            c.on_path(1) && !c.on_path(2),
+            "the working directory is not PATH"
+        );
+        let s = spec(
+            r#"{"ociVersion": "1.0.2",
+                "process": {"args": ["bin/app.wasm"], "cwd": "/srv", "user": {"uid": 0, "gid": 0}}}"#,
+        );
+        let c = command(&s).unwrap();
+        assert_eq!(
+            (c.candidates, c.by_path),
+            (vec![PathBuf::from("/srv/bin/app.wasm")], true)
+        );
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}}"#,
+        );
+        assert_eq!(command(&s), None);
+        let s = spec(
+            r#"{"ociVersion": "1.0.2", "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}}"#,
+        );
+        assert_eq!(
+            command(&s).unwrap().candidates[0],
+            Path::new("/usr/local/sbin/sh")
+        );
     }
 
     #[test]

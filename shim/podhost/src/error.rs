@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use wasmpod_engine::EngineError;
+use wasmpod_engine::{EngineError, HttpConfigError};
 use wasmpod_image::ImageError;
 use wasmpod_oci::pin::PinError;
 use wasmpod_oci::spec::SpecError;
@@ -54,7 +54,7 @@ pub enum Error {
     )]
     CapabilityDropped,
     #[error("{0}")]
-    HttpSettings(String),
+    HttpSettings(#[source] HttpConfigError),
     #[error(
         "image {image} has no Wasm module: {name} is not a WebAssembly module ({what}); the \
          wasmtime runtime class runs only Wasm containers, run native ones in pods of another \

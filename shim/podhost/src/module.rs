@@ -22,26 +22,26 @@ pub async fn find(
     // cgroup: it may not be larger than the container may use.
     let bound = SizeBound::for_module(wasmpod_oci::spec::memory_limit(spec));
     let image_name = || containerd.image_name(id, spec::image_name(spec));
-    let missing = match spec::module_path(spec) {
-        Ok((name, path)) => match Tree::of_container(spec, rootfs).read_regular(&path, &bound) {
-            Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => return Ok((name, bytes)),
-            Ok(bytes) => {
-                return Err(Error::NotWasm {
-                    image: image_name().await,
-                    name,
-                    what: describe(&bytes),
-                })
-            }
-            Err(LookupError::NotFound { .. }) => format!("{name} does not exist in the image"),
-            Err(source) => {
-                return Err(Error::Lookup {
-                    image: image_name().await,
-                    name,
-                    source,
-                })
-            }
-        },
-        Err(e) => e.to_string(),
+    let missing = match read_command(spec, rootfs, &bound) {
+        Ok(Found::File { name, bytes }) if wasmpod_engine::wasm_kind(&bytes).is_some() => {
+            return Ok((name, bytes))
+        }
+        Ok(Found::File { name, bytes }) => {
+            return Err(Error::NotWasm {
+                image: image_name().await,
+                name,
+                what: describe(&bytes),
+            })
+        }
+        Ok(Found::Missing { name }) => format!("{name} does not exist in the image"),
+        Err(Unreadable::NoCommand) => Error::NoCommand.to_string(),
+        Err(Unreadable::Lookup { name, source }) => {
+            return Err(Error::Lookup {
+                image: image_name().await,
+                name,
+                source,
+            })
+        }
     };
     let image = image_name().await;
     let command = spec::args(spec).first().cloned().unwrap_or_default();
@@ -58,15 +58,58 @@ pub async fn find(
 /// of the container, not of the image's artifact layers).
 pub fn find_exec(spec: &Spec, rootfs: &Path) -> Result<(String, Vec<u8>), Error> {
     let bound = SizeBound::for_module(wasmpod_oci::spec::memory_limit(spec));
-    let (name, path) = spec::module_path(spec)?;
-    match Tree::of_container(spec, rootfs).read_regular(&path, &bound) {
-        Ok(bytes) if wasmpod_engine::wasm_kind(&bytes).is_some() => Ok((name, bytes)),
-        Ok(bytes) => Err(Error::ExecNotWasm {
+    match read_command(spec, rootfs, &bound) {
+        Ok(Found::File { name, bytes }) if wasmpod_engine::wasm_kind(&bytes).is_some() => {
+            Ok((name, bytes))
+        }
+        Ok(Found::File { name, bytes }) => Err(Error::ExecNotWasm {
             name,
             what: describe(&bytes),
         }),
-        Err(LookupError::NotFound { .. }) => Err(Error::ExecMissing { name }),
-        Err(source) => Err(Error::ExecLookup { name, source }),
+        Ok(Found::Missing { name }) => Err(Error::ExecMissing { name }),
+        Err(Unreadable::NoCommand) => Err(Error::NoCommand),
+        Err(Unreadable::Lookup { name, source }) => Err(Error::ExecLookup { name, source }),
+    }
+}
+
+enum Found {
+    File { name: String, bytes: Vec<u8> },
+    Missing { name: String },
+}
+
+enum Unreadable {
+    NoCommand,
+    Lookup { name: String, source: LookupError },
+}
+
+/// The command's file, looked up as both hosts do (`wasmpod_oci::spec::command`: a path, or
+/// `PATH` then the working directory) inside the container's root and mounts. Along `PATH`
+/// what is not a readable regular file is passed over, as execvp does; if nothing is found,
+/// the first such refusal is the answer rather than "no such file".
+fn read_command(spec: &Spec, rootfs: &Path, bound: &SizeBound) -> Result<Found, Unreadable> {
+    let command = wasmpod_oci::spec::command(spec).ok_or(Unreadable::NoCommand)?;
+    let tree = Tree::of_container(spec, rootfs);
+    let mut refused = None;
+    for path in &command.candidates {
+        match tree.read_regular(path, bound) {
+            Ok(bytes) => {
+                return Ok(Found::File {
+                    name: command.name,
+                    bytes,
+                })
+            }
+            Err(LookupError::NotFound { .. }) => {}
+            Err(source) => {
+                refused.get_or_insert(source);
+            }
+        }
+    }
+    match refused {
+        Some(source) => Err(Unreadable::Lookup {
+            name: command.name,
+            source,
+        }),
+        None => Ok(Found::Missing { name: command.name }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
 
 use crate::error::Error;
-use wasmpod_engine::{HttpConfig, Identity, Limits, Preopen};
+use wasmpod_engine::{HttpConfig, HttpConfigError, Identity, Limits, Preopen};
 
 /// The annotation CRI sets on every container; "sandbox" marks the pod's pause container.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -50,8 +50,8 @@ pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
 }
 
 /// How an HTTP handler serves, from the container's environment.
-pub fn http_config(env: &[(String, String)]) -> Result<HttpConfig, String> {
-    HttpConfig::from_env(env)
+pub fn http_config(env: &[(String, String)]) -> Result<HttpConfig, HttpConfigError> {
+    HttpConfig::read(env)
 }
 
 /// The container's memory and CPU limits from `linux.resources`.
@@ -89,16 +89,6 @@ pub fn netns(spec: &Spec) -> Option<PathBuf> {
         .iter()
         .find(|ns| ns.typ() == LinuxNamespaceType::Network)
         .and_then(|ns| ns.path().clone())
-}
-
-/// The module file `process.args[0]` names, as the container sees it (relative names are
-/// taken from the working directory, as an exec would), and the name for messages. Where it
-/// is in the rootfs is for `wasmpod_oci` to say: the image's links must resolve inside it.
-pub fn module_path(spec: &Spec) -> Result<(String, PathBuf), Error> {
-    let Some(arg0) = args(spec).first().filter(|a| !a.is_empty()) else {
-        return Err(Error::NoCommand);
-    };
-    Ok((arg0.clone(), cwd(spec).join(arg0)))
 }
 
 /// The directories the guest sees: the rootfs at `/` (read-only unless the spec explicitly
@@ -172,32 +162,6 @@ mod tests {
     }
 
     #[test]
-    fn module_path_is_taken_from_the_working_directory() {
-        let s = spec(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": ["app.wasm"], "cwd": "/srv", "user": {"uid": 0, "gid": 0}}
-        }));
-        let (name, path) = module_path(&s).unwrap();
-        assert_eq!(name, "app.wasm");
-        assert_eq!(path, Path::new("/srv/app.wasm"));
-        let s = spec(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": ["/app.wasm"], "cwd": "/srv", "user": {"uid": 0, "gid": 0}}
-        }));
-        assert_eq!(module_path(&s).unwrap().1, Path::new("/app.wasm"));
-    }
-
-    #[test]
-    fn empty_args_is_a_clear_error() {
-        let s = spec(serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}
-        }));
-        let err = module_path(&s).unwrap_err().to_string();
-        assert!(err.contains("no command"), "{err}");
-    }
-
-    #[test]
     fn bind_mounts_of_directories_become_preopens() {
         let dir = std::env::temp_dir();
         let file = std::env::current_exe().unwrap();
@@ -260,13 +224,19 @@ mod tests {
         let c = http_config(&env(&[(HTTP_ADDRESS, "9090"), (HTTP_REQUEST_TIMEOUT, "2")])).unwrap();
         assert_eq!(c.address.to_string(), "0.0.0.0:9090");
         assert_eq!(c.request_timeout.as_secs(), 2);
-        let e = http_config(&env(&[(HTTP_ADDRESS, "localhost")])).unwrap_err();
+        let e = http_config(&env(&[(HTTP_ADDRESS, "localhost")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("WASMPOD_HTTP_ADDRESS=localhost"), "{e}");
-        let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "-1")])).unwrap_err();
+        let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, "-1")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a positive duration"), "{e}");
         // Too large for a deadline: an error, not a panic in the task service.
         for v in ["1e20", "1e300ms", "86401", "inf", "0.0000000001ms"] {
-            let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, v)])).unwrap_err();
+            let e = http_config(&env(&[(HTTP_REQUEST_TIMEOUT, v)]))
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains("not a positive duration of at most a day"),
                 "{v}: {e}"

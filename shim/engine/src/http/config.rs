@@ -69,11 +69,6 @@ pub enum HttpConfigError {
 }
 
 impl HttpConfig {
-    /// [`HttpConfig::read`], its error as text: what the pod host takes today.
-    pub fn from_env(env: &[(String, String)]) -> Result<HttpConfig, String> {
-        HttpConfig::read(env).map_err(|e| e.to_string())
-    }
-
     /// How an HTTP handler serves, from the container's environment (see [`Default`]).
     pub fn read(env: &[(String, String)]) -> Result<HttpConfig, HttpConfigError> {
         let mut config = HttpConfig::default();
@@ -186,7 +181,7 @@ mod tests {
 
     #[test]
     fn every_bound_is_read_from_the_environment() {
-        let c = HttpConfig::from_env(&env(&[
+        let c = HttpConfig::read(&env(&[
             (HTTP_ADDRESS, "9090"),
             (HTTP_REQUEST_TIMEOUT, "500ms"),
             (HTTP_HEADER_TIMEOUT, "2s"),
@@ -210,7 +205,7 @@ mod tests {
                 max_headers: 20,
             }
         );
-        assert_eq!(HttpConfig::from_env(&[]).unwrap(), HttpConfig::default());
+        assert_eq!(HttpConfig::read(&[]).unwrap(), HttpConfig::default());
     }
 
     #[test]
@@ -226,11 +221,17 @@ mod tests {
             (HTTP_MAX_HEADERS, "1e3"),
             (HTTP_ADDRESS, "localhost"),
         ] {
-            let e = HttpConfig::from_env(&env(&[(name, value)])).unwrap_err();
+            let e = HttpConfig::read(&env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(&format!("{name}={value}: ")), "{e}");
         }
         // The texts are StartErrors: kept to the byte as the typed errors replaced strings.
-        let text = |name, value| HttpConfig::from_env(&env(&[(name, value)])).unwrap_err();
+        let text = |name, value| {
+            HttpConfig::read(&env(&[(name, value)]))
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
             text(HTTP_IDLE_TIMEOUT, "0"),
             "WASMPOD_HTTP_IDLE_TIMEOUT=0: not a positive duration of at most a day \
